@@ -1,0 +1,130 @@
+"""Session-scoped real services for the tests (DESIGN.md §5): S3 (SeaweedFS), MLflow server, Ray.
+
+Fixtures:
+- `s3_server`   a SeaweedFS S3 gateway on 127.0.0.1; AWS_* variables point every client at it.
+- `s3_bucket`   a fresh, empty bucket per test: returns "s3://<name>".
+- `mlflow_server` an `mlflow server` (sqlite backend, artifacts in SeaweedFS); `.info["url"]`; `restart`able.
+- `ray_local`   `ray.init(num_cpus=2)` in this process, with this machine's settings.
+- `ray_head`    `ray start --head` with a dashboard, for `ray job submit` tests; `.info["dashboard_url"]`.
+Every server is stopped by PID at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+# The environment every test process and every Ray worker started from it needs. Set at import time, so
+# that Ray workers (which inherit the driver's environment) and MLflow see the same values.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="sg3-tests-"))
+_RAY_TMP = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+_S3_PORT = services.free_port()
+_S3 = services.S3Info(f"http://127.0.0.1:{_S3_PORT}", services.TEST_ACCESS_KEY, services.TEST_SECRET_KEY)
+os.environ.update(services.ray_env(_RAY_TMP))
+os.environ.update(_S3.env())
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("TQDM_DISABLE", "1")
+# The embedded MLflow default writes ./mlflow.db; keep test runs from touching the checkout.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_DIR / 'mlflow-default.db'}")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = services.start_seaweedfs(_SESSION_DIR / "seaweedfs", s3_port=_S3_PORT)
+    try:
+        yield server.info["s3"]
+    finally:
+        server.stop(grace=5)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    from pipeline import storage
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage.boto3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server):
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    from pipeline import storage
+
+    storage.boto3_client().create_bucket(Bucket=bucket)
+    server = services.start_mlflow_server(_SESSION_DIR / "mlflow", s3_server, bucket)
+    handle = _Restartable(server)
+    try:
+        yield handle
+    finally:
+        handle.server.stop(grace=5)
+
+
+class _Restartable:
+    """The MLflow server, stoppable and restartable on the same port (for outage tests)."""
+
+    def __init__(self, server: services.Server):
+        self.server = server
+        self.info = server.info
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    def stop(self) -> None:
+        self.server.stop(grace=5)
+
+    def start(self) -> None:
+        s3 = services.S3Info(os.environ["AWS_ENDPOINT_URL"], services.TEST_ACCESS_KEY, services.TEST_SECRET_KEY)
+        self.server = services.start_mlflow_server(self.server.workdir, s3, self.info["bucket"], port=self.info["port"])
+        self.info = self.server.info
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(_RAY_TMP), configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    server = services.start_ray_head(_SESSION_DIR / "ray-head")
+    try:
+        yield server
+    finally:
+        services.stop_ray_head(server)
