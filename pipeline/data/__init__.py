@@ -1,0 +1,21 @@
+"""Image data sets: shard building (`python -m pipeline.dataset`), manifests, and the Ray Data reader.
+
+Public API:
+- build(src, dest, BuildOptions(...)) -> BuildResult
+- read_manifest(uri) -> dict; dataset_info(uri) -> DatasetInfo
+- make_dataset(uri, resolution=None, channels=None, use_labels=False, mirror=False, seed=0, ...) -> ray.data.Dataset
+- iter_batches_forever(source, batch_size, ...) and ImageStream(uri, batch_size, ...): endless batches
+- ensure_demo_shards(cache_dir, resolution, channels=3) -> uri
+- DataError
+"""
+
+from pipeline.data.build import BuildOptions, BuildResult, build
+from pipeline.data.demo import ensure_demo_shards
+from pipeline.data.errors import DataError
+from pipeline.data.manifest import DatasetInfo, dataset_info, read_manifest
+from pipeline.data.reader import ImageStream, corrupt_counter, iter_batches_forever, make_dataset
+
+__all__ = [
+    "BuildOptions", "BuildResult", "DataError", "DatasetInfo", "ImageStream", "build", "corrupt_counter",
+    "dataset_info", "ensure_demo_shards", "iter_batches_forever", "make_dataset", "read_manifest",
+]

@@ -1,0 +1,242 @@
+"""Streaming training images from shards with Ray Data.
+
+    ray.data.read_webdataset(shard paths, decoder=None)   raw bytes per sample: png, cls/json, __key__, __url__
+      -> map_batches(_decode_batch)                     our PNG decode: {"img": uint8 [N,C,H,W], "c": float32 [N,c_dim]}
+      -> iter_torch_batches(local shuffle buffer)       in the consumer
+
+Never the default webdataset decoder and never pickle: only PNG, integer text (.cls) and JSON number lists
+(.json) are ever parsed. Reading and decoding fuse into one task per shard (same `num_cpus`), so raw bytes
+never travel through the object store.
+
+Time is counted in images, not epochs: `iter_batches_forever` / `ImageStream` restart the dataset with a new
+shard order for every pass and carry a partial batch over the pass boundary, so every batch is full.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.data.errors import DataError
+from pipeline.data.images import decode_png_into
+from pipeline.data.manifest import DatasetInfo, check_info, dataset_info
+
+# Ray Data CPU reservation per read+decode task: four fit on one core, so Ray Train workers (which hold
+# whole or half CPUs) never starve the input pipeline on a small node (PLATFORM.md, "CPU starvation").
+DATA_NUM_CPUS = 0.25
+DEFAULT_CORRUPT_BUDGET = 100
+
+
+@functools.lru_cache(maxsize=None)
+def _counter_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class CorruptSampleCounter:
+        """Counts corrupt samples across all decode tasks of one stream (an actor: tasks run anywhere)."""
+
+        def __init__(self, budget: int):
+            self.budget = budget
+            self.total = 0
+            self.by_shard: dict[str, int] = {}
+
+        def add(self, shard: str, n: int) -> int:
+            self.total += n
+            self.by_shard[shard] = self.by_shard.get(shard, 0) + n
+            return self.total
+
+        def count(self) -> int:
+            return self.total
+
+        def shards(self) -> dict:
+            return dict(self.by_shard)
+
+    return CorruptSampleCounter
+
+
+def corrupt_counter(budget: int = DEFAULT_CORRUPT_BUDGET):
+    """A new counter actor for `make_dataset(counter=...)`; `ray.get(counter.count.remote())` reads it.
+    When more than `budget` corrupt samples have been seen, decoding raises a DataError naming the shard."""
+    return _counter_class().remote(int(budget))
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: int, label_kind: str,
+                  c_dim: int, use_labels: bool, mirror: bool, counter, budget: int) -> dict[str, np.ndarray]:
+    """Decode one batch of raw webdataset rows into {"img": uint8 [N, C, H, W], "c": float32 [N, c_dim]}.
+
+    Samples whose PNG or label cannot be parsed are dropped and reported to `counter`; with `mirror` every
+    image is emitted twice, as is and x-flipped (spec §h: --mirror doubles the data set)."""
+    pngs = batch["png"] if "png" in batch else np.empty(0, dtype=object)
+    n = len(batch["__key__"])
+    hwc = np.empty((n, resolution, resolution, channels), dtype=np.uint8)
+    out_c = np.zeros((n, c_dim if use_labels else 0), dtype=np.float32)
+    ok = np.ones(n, dtype=bool)
+    first_bad = None
+    for i in range(n):
+        try:
+            data = pngs[i] if len(pngs) else None
+            if data is None or (isinstance(data, float) and np.isnan(data)):
+                raise ValueError("sample has no .png member")
+            decode_png_into(data, hwc[i])
+            if use_labels:
+                if label_kind == "class":
+                    k = int(bytes(batch["cls"][i]).decode())
+                    if not 0 <= k < c_dim:
+                        raise ValueError(f"class {k} outside [0, {c_dim})")
+                    out_c[i, k] = 1.0  # one-hot, as the official loader (spec §h)
+                else:
+                    vec = json.loads(bytes(batch["json"][i]))
+                    out_c[i] = np.asarray(vec, dtype=np.float32).reshape(c_dim)
+        except Exception as exc:  # noqa: BLE001 - any unparsable sample is corrupt, counted below
+            ok[i] = False
+            if first_bad is None:
+                first_bad = (str(batch["__key__"][i]), str(batch["__url__"][i]), f"{type(exc).__name__}: {exc}")
+    if first_bad is not None:
+        import ray
+
+        key, url, reason = first_bad
+        total = ray.get(counter.add.remote(url, int((~ok).sum())))
+        if total > budget:
+            raise DataError(f"{total} corrupt samples read, more than the budget of {budget}; the latest is "
+                            f"{key} in shard {url} ({reason}): rebuild that shard set")
+        hwc, out_c = hwc[ok], out_c[ok]
+    img = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
+    if mirror:
+        img = np.concatenate([img, img[:, :, :, ::-1]])
+        out_c = np.concatenate([out_c, out_c])
+    return {"img": img, "c": out_c}
+
+
+def make_dataset(uri: str, resolution: int | None = None, channels: int | None = None, use_labels: bool = False,
+                 mirror: bool = False, seed: int = 0, *, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                 counter=None, corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, info: DatasetInfo | None = None):
+    """One pass over the shard set at `uri` as a `ray.data.Dataset` whose batches are
+    {"img": uint8 [N, C, H, W], "c": float32 [N, c_dim]} (c_dim 0 when `use_labels` is False).
+
+    The manifest is checked against `resolution`/`channels`/`use_labels` (None = take the set's) and a
+    mismatch raises DataError. Shards are visited in an order drawn from (seed, epoch); with `world_size`
+    > 1, rank r reads every world_size-th shard of that order. `counter` (see `corrupt_counter`) collects
+    corrupt-sample counts; one is made when None. The counter actor is `ds.stylegan3_counter`."""
+    import ray
+
+    info = info or dataset_info(uri)
+    check_info(info, resolution, channels, use_labels)
+    if world_size > len(info.shards):
+        raise DataError(f"{uri} has {len(info.shards)} shards, fewer than the {world_size} data readers: rebuild "
+                        f"with a --shard-size of at most {info.num_images // world_size}")
+    fs, root = storage.pyarrow_fs(uri)
+    order = np.random.default_rng([seed, epoch]).permutation(len(info.shards))
+    paths = [f"{root}/{info.shards[i][0]}" for i in order[rank::world_size]]
+    remote_args: dict[str, Any] = {}
+    if storage.is_s3(uri):
+        remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
+    if counter is None:
+        counter = corrupt_counter(corrupt_budget)
+    ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, num_cpus=DATA_NUM_CPUS,
+                                  ray_remote_args=remote_args or None)
+    ds = ds.map_batches(
+        _decode_batch, batch_format="numpy", batch_size=None, zero_copy_batch=True, num_cpus=DATA_NUM_CPUS,
+        fn_kwargs=dict(resolution=info.resolution, channels=info.channels, label_kind=info.label_kind,
+                       c_dim=info.c_dim, use_labels=use_labels, mirror=mirror, counter=counter,
+                       budget=corrupt_budget),
+        **remote_args,
+    )
+    ds.stylegan3_counter = counter
+    return ds
+
+
+def _unwrap_data_error(exc: BaseException) -> DataError | None:
+    """Ray wraps an error raised inside a task; find our DataError in the chain (or in the message)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DataError):
+            return exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
+def iter_batches_forever(source: Callable[[int], Any], batch_size: int, *, seed: int = 0, start_pass: int = 0,
+                         shuffle_buffer: int | None = None, prefetch_batches: int = 2,
+                         device=None) -> Iterator[dict]:
+    """Yield full batches {"img": torch.uint8 [B, C, H, W], "c": torch.float32 [B, c_dim]} forever.
+
+    `source(pass_index)` returns what to read for that pass: a `ray.data.Dataset` (e.g. from
+    `make_dataset(..., epoch=pass_index)`) or a `DataIterator` (e.g. `ray.train.get_dataset_shard("train")`).
+    Rows are shuffled through a local buffer of `shuffle_buffer` rows (default 4 batches) seeded by
+    (seed, pass); the rows left over at the end of a pass start the next batch. A DataError raised in a
+    decode task (corrupt-sample budget) is re-raised as itself."""
+    import torch
+
+    buffer = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
+    carry: dict | None = None
+    pass_index = start_pass
+    while True:
+        rows = 0
+        src = source(pass_index)
+        try:
+            for batch in src.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=buffer or None,
+                                                local_shuffle_seed=(seed * 1_000_003 + pass_index) % 2**32 if buffer else None,
+                                                prefetch_batches=prefetch_batches, device=device or "auto"):
+                rows += len(batch["img"])
+                if carry is not None:
+                    batch = {k: torch.cat([carry[k], batch[k]]) for k in ("img", "c")}
+                    carry = None
+                start = 0
+                while len(batch["img"]) - start >= batch_size:
+                    yield {k: batch[k][start:start + batch_size] for k in ("img", "c")}
+                    start += batch_size
+                if start < len(batch["img"]):
+                    carry = {k: batch[k][start:] for k in ("img", "c")}
+        except Exception as exc:
+            err = _unwrap_data_error(exc)
+            if err is not None:
+                raise DataError(str(err)) from exc
+            raise
+        if rows == 0:
+            raise DataError(f"pass {pass_index} of the data produced no images (every sample corrupt, or no shards)")
+        pass_index += 1
+
+
+class ImageStream:
+    """The training loop's data: an endless, shuffled stream of full batches from a shard set.
+
+    batches: {"img": torch.uint8 [batch_size, C, H, W], "c": torch.float32 [batch_size, c_dim]}.
+    `start_nimg` (images already shown, across all ranks) resumes at the pass holding that image, so a
+    resumed run sees the same shard orders as an uninterrupted one would from that pass on.
+    `num_corrupt` counts corrupt samples skipped so far (for the training metrics)."""
+
+    def __init__(self, uri: str, batch_size: int, *, resolution: int | None = None, channels: int | None = None,
+                 use_labels: bool = False, mirror: bool = False, seed: int = 0, start_nimg: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int | None = None,
+                 corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, device=None):
+        self.uri = uri
+        self.info = dataset_info(uri)
+        check_info(self.info, resolution, channels, use_labels)
+        self.batch_size = batch_size
+        self.kwargs = dict(use_labels=use_labels, mirror=mirror, seed=seed, rank=rank, world_size=world_size,
+                           corrupt_budget=corrupt_budget)
+        self.seed = seed
+        self.pass_images = self.info.num_images * (2 if mirror else 1)  # over all ranks
+        self.start_pass = start_nimg // self.pass_images
+        self.shuffle_buffer = shuffle_buffer
+        self.device = device
+        self.counter = corrupt_counter(corrupt_budget)
+
+    def dataset(self, pass_index: int):
+        return make_dataset(self.uri, epoch=pass_index, counter=self.counter, info=self.info, **self.kwargs)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter_batches_forever(self.dataset, self.batch_size, seed=self.seed, start_pass=self.start_pass,
+                                    shuffle_buffer=self.shuffle_buffer, device=self.device)
+
+    @property
+    def num_corrupt(self) -> int:
+        import ray
+
+        return int(ray.get(self.counter.count.remote()))
