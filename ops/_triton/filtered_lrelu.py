@@ -1,0 +1,396 @@
+"""Fused Triton filtered leaky ReLU (spec §c.3), forward and every order of gradient.
+
+One kernel launch per call computes, tile by tile,
+
+    bias -> zero-insertion upsampling + FIR ``fu`` (gain up²) -> leaky ReLU · gain -> clamp -> FIR ``fd`` + decimation
+
+without ever writing the upsampled signal to global memory.
+
+Formulation. Per axis every stage is a banded matrix acting on a tile. With ``g = fu`` flipped for true
+convolution (``flip_filter=False``, spec §c.2 step 3), the upsampled-rate signal at index ``t`` is
+``V[t] = up² · Σ_m X[m] · g_u[m·up + px0 − t]`` and the output is ``Y[o] = Σ_t A[t] · g_d[t − o·down]``
+with ``A = clamp(lrelu(V)·gain)``. A program owns a block of outputs ``[o0, o0 + bo)`` of one (n, c) plane;
+it builds the two banded matrices of each stage from the taps (index arithmetic + a gather of the tiny filter)
+and evaluates
+
+    V = Hy1 · X · Hx1ᵀ          (a [BT, BT] window of the upsampled image, in registers)
+    Y = Hy2 · A · Hx2ᵀ          (the [BO, BO] output tile)
+
+with ``tl.dot``. A separable filter is one rank-1 term; a full 2-D filter (config R's radial down filter) is
+split by SVD into a sum of separable terms, dropping singular values below 1e-10 of the largest (far under
+float32 rounding), so the kernel stays separable-by-terms: rank 3–6 for StyleGAN3-R's jinc filters.
+
+Sign/clamp codes (spec §c.3, "sign-bit trick"). When a gradient will be needed, the forward also writes a
+2-bit code per element of the part of the upsampled signal that influences the output: bit 0 set = the value
+was negative (slope applied), the value 2 = clamped (|lrelu(v)·gain| > clamp, gradient 0), 0 = passed. Four
+codes are packed per byte, element ``t_x`` in bits ``2·(t_x mod 4)`` of byte ``t_x // 4``, in a uint8 tensor
+``[N, C, sh, ceil16(sw) / 4]`` with ``sh, sw = (out − 1)·down + fd_taps`` per axis. Each code is written by
+exactly one program (the one whose output block starts the owning stretch of ``down`` samples; the last block
+also owns the tail), so the packed read-modify-free stores never race.
+
+Backward. With the codes frozen the op is linear, ``Y = D (K ⊙ (gain·up² U X))``; its adjoint is the same
+kernel run with the stages transposed (up↔down, fu↔fd, filters reversed, which is the flip toggle) and the
+nonlinearity replaced by reading the codes (×slope where negative, ×0 where clamped). The adjoint of that
+adjoint is again the coded forward direction, so every order of gradient is one more launch of the same
+kernel. d/db = dX summed over N, H, W. Filters get no gradient.
+
+Compute dtype: float32 for float16/bfloat16/float32 inputs (fp32 accumulation), float64 for float64 inputs
+(so that ``gradcheck`` works). Output dtype = input dtype.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["filtered_lrelu_triton"]
+
+# Codes written/read by the kernel (spec §c.3).
+CODE_PASS, CODE_NEG, CODE_CLAMP = 0, 1, 2
+
+# Kernel modes.
+_MODE_ACT = 0  # evaluate the nonlinearity, no codes
+_MODE_ACT_CODES = 1  # evaluate the nonlinearity and write codes
+_MODE_CODED = 2  # linear: multiply by the stored codes' derivative
+
+# Offset that makes the dividend of an integer floor division non-negative: Triton's `//` truncates
+# toward zero on GPU, numpy's floors; adding a multiple of the divisor makes both agree.
+_FLOOR_BIAS = 1 << 16
+
+
+@triton.jit
+def _flrelu_kernel(
+    in_ptr, out_ptr, bias_ptr, codes_ptr,
+    h1y_ptr, h1x_ptr, h2y_ptr, h2x_ptr,
+    C, in_h, in_w, out_h, out_w,
+    code_h, code_w, code_stride,
+    c1y, c1x, c2y, c2x,
+    bo_y, bo_x,
+    gain, slope, clamp,
+    A1Y: tl.constexpr, A1X: tl.constexpr, T1Y: tl.constexpr, T1X: tl.constexpr, R1: tl.constexpr,
+    A2Y: tl.constexpr, A2X: tl.constexpr, T2Y: tl.constexpr, T2X: tl.constexpr, R2: tl.constexpr,
+    BOY: tl.constexpr, BOX: tl.constexpr, BTY: tl.constexpr, BTX: tl.constexpr,
+    BMY: tl.constexpr, BMX: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
+):
+    """One program = one output block [bo_y, bo_x] of one (n, c) plane.
+
+    Stage 1 ("up"):   V[t] = Σ_m In[m] · h1[m·A1 + c1 − t]   (h1 pre-scaled by the stage gain)
+    Nonlinearity:     A = clamp(lrelu(V)·gain)  or  A = V·gain·code'(t)
+    Stage 2 ("down"): Out[o] = Σ_t A[t] · h2[t − o·A2 − c2]
+    per axis; h1/h2 are [R, T] stacks of rank-1 factors (y factors, x factors), summed over R.
+    """
+    pid_nc = tl.program_id(0)
+    tile_y = tl.program_id(1)
+    tile_x = tl.program_id(2)
+    cdt = h1y_ptr.dtype.element_ty  # compute dtype: float32 or float64
+
+    # Block origins at the output rate, the intermediate (upsampled) rate and the input rate.
+    o0y = tile_y * bo_y
+    o0x = tile_x * bo_x
+    t0y = o0y * A2Y + c2y
+    t0x = o0x * A2X + c2x
+    # m0 = ceil((t0 - c1) / A1), the first input sample that reaches t0.
+    m0y = FLOOR_BIAS - (c1y - t0y + A1Y * FLOOR_BIAS) // A1Y
+    m0x = FLOOR_BIAS - (c1x - t0x + A1X * FLOOR_BIAS) // A1X
+
+    ky = tl.arange(0, BTY)
+    kx = tl.arange(0, BTX)
+    my = m0y + tl.arange(0, BMY)
+    mx = m0x + tl.arange(0, BMX)
+    oy = tl.arange(0, BOY)
+    ox = tl.arange(0, BOX)
+
+    # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, spec §c.3 step 1)
+    plane_in = pid_nc.to(tl.int64) * in_h * in_w
+    in_mask = ((my >= 0) & (my < in_h))[:, None] & ((mx >= 0) & (mx < in_w))[None, :]
+    x = tl.load(in_ptr + plane_in + my[:, None] * in_w + mx[None, :], mask=in_mask, other=0.0).to(cdt)
+    if HAS_BIAS:
+        bval = tl.load(bias_ptr + pid_nc % C).to(cdt)
+        x = tl.where(in_mask, x + bval, 0.0)
+
+    # ---- stage 1: V = Σ_r Hy1_r · X · Hx1_rᵀ, Hy1[k, j] = h1y[m_j·A1 + c1 − (t0 + k)]
+    iy1 = (my * A1Y + c1y - t0y)[None, :] - ky[:, None]  # [BTY, BMY]
+    ix1 = (mx * A1X + c1x - t0x)[:, None] - kx[None, :]  # [BMX, BTX]
+    iy1_ok = (iy1 >= 0) & (iy1 < T1Y)
+    ix1_ok = (ix1 >= 0) & (ix1 < T1X)
+    v = tl.zeros((BTY, BTX), dtype=cdt)
+    for r in range(R1):
+        hy = tl.load(h1y_ptr + r * T1Y + iy1, mask=iy1_ok, other=0.0)
+        hxt = tl.load(h1x_ptr + r * T1X + ix1, mask=ix1_ok, other=0.0)
+        xr = tl.dot(x, hxt, input_precision="ieee")  # [BMY, BTX]
+        v += tl.dot(hy, xr, input_precision="ieee")  # [BTY, BTX]
+
+    # ---- nonlinearity at the upsampled rate
+    ty = t0y + ky
+    tx = t0x + kx
+    if MODE == 2:
+        # Read the frozen codes; outside the stored region the incoming gradient is zero anyway.
+        in_code = ((ty >= 0) & (ty < code_h))[:, None] & ((tx >= 0) & (tx < code_w))[None, :]
+        tyc = tl.where((ty >= 0) & (ty < code_h), ty, 0)
+        txc = tl.where((tx >= 0) & (tx < code_w), tx, 0)
+        plane_code = pid_nc.to(tl.int64) * code_h * code_stride
+        byte = tl.load(codes_ptr + plane_code + tyc[:, None] * code_stride + (txc // 4)[None, :],
+                       mask=in_code, other=0).to(tl.int32)
+        code = (byte >> ((txc % 4) * 2)[None, :]) & 3
+        deriv = tl.where(code >= 2, 0.0, tl.where((code & 1) != 0, slope, 1.0))
+        a = v * (deriv * gain).to(cdt)
+    else:
+        neg = v < 0
+        a = tl.where(neg, v * slope, v) * gain
+        if HAS_CLAMP:
+            clamped = (a > clamp) | (a < -clamp)
+            a = tl.minimum(tl.maximum(a, -clamp), clamp)
+        if MODE == 1:
+            code = tl.where(neg, 1, 0)
+            if HAS_CLAMP:
+                code = tl.where(clamped, 2, code)
+            # This program owns the codes of t in [t0, t0 + bo·A2) per axis; the last block also owns the tail.
+            own_h = tl.where(tile_y == tl.num_programs(1) - 1, code_h - t0y, bo_y * A2Y)
+            own_w = tl.where(tile_x == tl.num_programs(2) - 1, code_w - t0x, bo_x * A2X)
+            own = (ky < own_h)[:, None] & (kx < own_w)[None, :]
+            code = tl.where(own, code, 0) << ((kx % 4) * 2)[None, :]
+            packed = tl.sum(tl.reshape(code, (BTY, BTX // 4, 4)), axis=2).to(tl.uint8)
+            jb = tl.arange(0, BTX // 4)
+            plane_code = pid_nc.to(tl.int64) * code_h * code_stride
+            # t0x is a multiple of 4 (the launcher picks bo_x·A2X ≡ 0 mod 4 and c2x = 0 in this mode).
+            tl.store(codes_ptr + plane_code + ty[:, None] * code_stride + (t0x // 4 + jb)[None, :], packed,
+                     mask=(ky < own_h)[:, None] & (jb * 4 < own_w)[None, :])
+
+    # ---- stage 2: Out = Σ_r Hy2_r · A · Hx2_rᵀ, Hy2[o, k] = h2y[k − o·A2]
+    iy2 = ky[None, :] - oy[:, None] * A2Y  # [BOY, BTY]
+    ix2 = kx[:, None] - ox[None, :] * A2X  # [BTX, BOX]
+    iy2_ok = (iy2 >= 0) & (iy2 < T2Y)
+    ix2_ok = (ix2 >= 0) & (ix2 < T2X)
+    acc = tl.zeros((BOY, BOX), dtype=cdt)
+    for r in range(R2):
+        hy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
+        hxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
+        ar = tl.dot(a, hxt, input_precision="ieee")  # [BTY, BOX]
+        acc += tl.dot(hy, ar, input_precision="ieee")  # [BOY, BOX]
+
+    gy = o0y + oy
+    gx = o0x + ox
+    out_mask = ((oy < bo_y) & (gy < out_h))[:, None] & ((ox < bo_x) & (gx < out_w))[None, :]
+    plane_out = pid_nc.to(tl.int64) * out_h * out_w
+    tl.store(out_ptr + plane_out + gy[:, None] * out_w + gx[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host side: filter factors, geometry, tiling.
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_SVD_REL_TOL = 1e-10
+_factor_cache: dict = {}
+
+
+def _factor_filter(f: torch.Tensor | None, flip_filter: bool, device, cdtype):
+    """Filter -> (hy [R, Ty], hx [R, Tx]) rank-1 factors of the correlation kernel g, g[a, b] = Σ_r hy[r,a]·hx[r,b].
+
+    g is `f` flipped on every axis unless `flip_filter` (true convolution, spec §c.2). None -> identity [[1]].
+    1-D [T] (separable: along x, then y) -> R = 1. 2-D [fh, fw] -> SVD, dropping singular values below
+    1e-10 of the largest. The 2-D factorisation is cached per filter tensor object (filters are fixed buffers)
+    so a CUDA filter costs one host round-trip the first time only.
+    """
+    if f is None:
+        one = torch.ones(1, 1, dtype=cdtype, device=device)
+        return one, one
+    if f.ndim == 1:
+        g = (f if flip_filter else f.flip(0)).to(device=device, dtype=cdtype).reshape(1, -1).contiguous()
+        return g, g
+    key = (id(f), flip_filter, str(device), cdtype)
+    hit = _factor_cache.get(key)
+    if hit is not None and hit[0]() is f and hit[1] == f._version:
+        return hit[2], hit[3]
+    g = (f if flip_filter else f.flip([0, 1])).detach().to(device="cpu", dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(g)
+    keep = max(1, int((s > s[0] * _SVD_REL_TOL).sum()))
+    root = s[:keep].sqrt()
+    hy = (u[:, :keep] * root).T.contiguous().to(device=device, dtype=cdtype)
+    hx = (vh[:keep] * root[:, None]).contiguous().to(device=device, dtype=cdtype)
+    if len(_factor_cache) > 256:
+        _factor_cache.clear()
+    _factor_cache[key] = (weakref.ref(f), f._version, hy, hx)
+    return hy, hx
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (max(1, n) - 1).bit_length())
+
+
+def _axis_blocks(bo: int, a1: int, t1: int, a2: int, t2: int):
+    """Register block sizes (BO, BT, BM) for `bo` outputs per block along one axis."""
+    bt = (bo - 1) * a2 + t2  # upsampled-rate samples the block reads
+    bm = -(-(bt + t1 - 1) // a1)  # input samples that reach them
+    return _pow2(bo), _pow2(bt), _pow2(bm)
+
+
+@functools.lru_cache(maxsize=512)
+def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret):
+    """Pick outputs per block (bo_y, bo_x), multiples of 4 (code-byte alignment), by a simple cost model:
+    dot-product work per plane plus, under the interpreter, a large per-program overhead."""
+    def cands(n):
+        top = min(-(-n // 4) * 4, 256)
+        return list(range(4, top + 1, 4))
+
+    overhead = 2e6 if interpret else 2e3
+    best = None
+    for by in cands(out_h):
+        BOY, BTY, BMY = _axis_blocks(by, *ay)
+        if max(BTY, BMY, BOY) > max_dim and by > 4:
+            break
+        for bx in cands(out_w):
+            BOX, BTX, BMX = _axis_blocks(bx, *ax)
+            if max(BTX, BMX, BOX) > max_dim and bx > 4:
+                break
+            work = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
+            cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + 16 * BTY * BTX + overhead)
+            if best is None or cost < best[0]:
+                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX)
+    return best[1:]
+
+
+class _Plan:
+    """Everything both directions of the op need: sizes, per-axis stage parameters and filter factors."""
+
+    def __init__(self, x, fu, fd, up, down, padding, gain, slope, clamp, flip_filter, max_dim):
+        n, c, in_h, in_w = x.shape
+        px0, px1, py0, py1 = padding
+        cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        tu_y, tu_x = (1, 1) if fu is None else ((fu.shape[0],) * 2 if fu.ndim == 1 else tuple(fu.shape))
+        td_y, td_x = (1, 1) if fd is None else ((fd.shape[0],) * 2 if fd.ndim == 1 else tuple(fd.shape))
+        out_h = (in_h * up + py0 + py1 - (tu_y - 1) - (td_y - 1) + (down - 1)) // down
+        out_w = (in_w * up + px0 + px1 - (tu_x - 1) - (td_x - 1) + (down - 1)) // down
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"filtered_lrelu: padding {list(padding)} leaves no output for input {in_h}x{in_w} "
+                             f"(up={up}, down={down}, taps fu={tu_y}x{tu_x}, fd={td_y}x{td_x})")
+        self.n, self.c, self.in_h, self.in_w, self.out_h, self.out_w = n, c, in_h, in_w, out_h, out_w
+        # Region of the upsampled signal that influences the output (code tensor extent, spec §c.3).
+        self.code_h = (out_h - 1) * down + td_y
+        self.code_w = (out_w - 1) * down + td_x
+        self.code_stride = -(-self.code_w // 16) * 4
+        self.gain, self.slope, self.clamp = float(gain), float(slope), clamp
+        self.max_dim = max_dim
+        self.cdtype = cdtype
+        uy, ux = _factor_filter(fu, flip_filter, x.device, cdtype)
+        dy, dx = _factor_filter(fd, flip_filter, x.device, cdtype)
+        # Stage gain up² of the upsampling FIR (spec §c.3 step 2), folded into the y factors of stage 1.
+        scale = float(up * up)
+        # Forward direction: stage 1 = upsample by `up` with fu (offset px0), stage 2 = fd + decimate.
+        self.fwd = dict(h1y=uy * scale, h1x=ux, h2y=dy, h2x=dx,
+                        a1=(up, up), c1=(py0, px0), t1=(tu_y, tu_x),
+                        a2=(down, down), c2=(0, 0), t2=(td_y, td_x))
+        # Adjoint: the transposed stages — filters reversed (the flip toggle), factors swapped (spec §c.3).
+        self.bwd = dict(h1y=dy.flip(-1).contiguous(), h1x=dx.flip(-1).contiguous(),
+                        h2y=(uy * scale).flip(-1).contiguous(), h2x=ux.flip(-1).contiguous(),
+                        a1=(down, down), c1=(td_y - 1, td_x - 1), t1=(td_y, td_x),
+                        a2=(up, up), c2=(py0 - tu_y + 1, px0 - tu_x + 1), t2=(tu_y, tu_x))
+
+    def launch(self, inp, direction, mode, bias=None, codes=None, out=None):
+        """Run the kernel. direction 'fwd': inp [N,C,in_h,in_w] -> [N,C,out_h,out_w]; 'bwd': the reverse."""
+        p = self.fwd if direction == "fwd" else self.bwd
+        if direction == "fwd":
+            (ih, iw), (oh, ow) = (self.in_h, self.in_w), (self.out_h, self.out_w)
+        else:
+            (ih, iw), (oh, ow) = (self.out_h, self.out_w), (self.in_h, self.in_w)
+        inp = inp.contiguous()
+        if out is None:
+            out = torch.empty(self.n, self.c, oh, ow, dtype=inp.dtype, device=inp.device)
+        r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
+        ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
+        ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
+        by, bx, BOY, BOX, BTY, BTX, BMY, BMX = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim, _interpreting())
+        dummy = out
+        grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
+        _flrelu_kernel[grid](
+            inp, out, bias if bias is not None else dummy, codes if codes is not None else dummy,
+            p["h1y"], p["h1x"], p["h2y"], p["h2x"],
+            self.c, ih, iw, oh, ow,
+            self.code_h, self.code_w, self.code_stride,
+            p["c1"][0], p["c1"][1], p["c2"][0], p["c2"][1],
+            by, bx,
+            self.gain, self.slope, float(self.clamp) if self.clamp is not None else 0.0,
+            A1Y=p["a1"][0], A1X=p["a1"][1], T1Y=p["t1"][0], T1X=p["t1"][1], R1=r1,
+            A2Y=p["a2"][0], A2X=p["a2"][1], T2Y=p["t2"][0], T2X=p["t2"][1], R2=r2,
+            BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
+            HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
+        )
+        return out
+
+    def new_codes(self, device):
+        return torch.empty(self.n, self.c, self.code_h, self.code_stride, dtype=torch.uint8, device=device)
+
+
+class _CodedLinear(torch.autograd.Function):
+    """The op with frozen codes, a linear map; direction 'bwd' is dL/dx given dL/dy, 'fwd' its adjoint."""
+
+    @staticmethod
+    def forward(ctx, inp, codes, plan, direction):
+        ctx.save_for_backward(codes)
+        ctx.plan, ctx.direction = plan, direction
+        return plan.launch(inp, direction, _MODE_CODED, codes=codes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (codes,) = ctx.saved_tensors
+        other = "fwd" if ctx.direction == "bwd" else "bwd"
+        return _CodedLinear.apply(grad, codes, ctx.plan, other), None, None, None
+
+
+class _FilteredLReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b, plan, want_codes):
+        codes = plan.new_codes(x.device) if want_codes else None
+        y = plan.launch(x, "fwd", _MODE_ACT_CODES if want_codes else _MODE_ACT, bias=b, codes=codes)
+        ctx.plan = plan
+        if want_codes:
+            ctx.save_for_backward(codes)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (codes,) = ctx.saved_tensors
+        dx = _CodedLinear.apply(dy, codes, ctx.plan, "bwd")
+        db = dx.sum(dim=[0, 2, 3]) if ctx.needs_input_grad[1] else None
+        return dx, db, None, None
+
+
+def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter, *, _max_dim=None):
+    """Fused filtered leaky ReLU (spec §c.3) on a Triton kernel.
+
+    Args:
+        x: [N, C, H, W] float16 / bfloat16 / float32 (float64 for gradcheck) on CUDA, or CPU under
+            TRITON_INTERPRET=1.
+        fu, fd: float32 filters: None (identity), [taps] (separable) or [fh, fw]; never differentiated.
+        b: [C] bias or None.
+        up, down: integer factors >= 1.
+        padding: [x0, x1, y0, y1] ints w.r.t. the upsampled image; negative crops.
+        gain, slope: floats (gain > 0); clamp: float or None.
+        flip_filter: False = true convolution, True = correlation.
+        _max_dim: test hook, the largest register block side (forces many small tiles).
+    Returns:
+        [N, C, (H·up + y0 + y1 − fu_h − fd_h + 1 + down) // down, (same for W)] tensor, x's dtype,
+        differentiable to any order w.r.t. x and b.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"filtered_lrelu: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if not gain > 0:
+        raise ValueError(f"filtered_lrelu: the Triton path needs gain > 0, got {gain}")
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[1]):
+        raise ValueError(f"filtered_lrelu: b must be [{x.shape[1]}], got shape {tuple(b.shape)}")
+    max_dim = _max_dim or (128 if _interpreting() else 64)
+    plan = _Plan(x, fu, fd, int(up), int(down), [int(p) for p in padding], gain, slope, clamp, bool(flip_filter),
+                 max_dim)
+    want_codes = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    if b is not None:
+        b = b.contiguous()
+    return _FilteredLReLU.apply(x, b, plan, want_codes)
