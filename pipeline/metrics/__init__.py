@@ -1,0 +1,1 @@
+"""Quality and equivariance metrics (spec §f)."""
