@@ -1,0 +1,152 @@
+"""Full training-state checkpoints and loading weights to start a new run from.
+
+Layout of one checkpoint directory (what `ray.train.report(checkpoint=...)` persists under
+`{storage}/{run_name}/checkpoint_{kimg:06d}kimg/`):
+
+    network.safetensors  G, D and G_ema weights + the network config (models.save_network; loadable by
+                         models.load_network, i.e. by pipeline.generate / tracking / metrics)
+    state.pt             everything else (torch.save, loadable with weights_only=True): both Adam
+                         optimizers, cur_nimg, batch_idx, cur_tick, ADA state (p, pending sign sums), data
+                         position (data pass), RNG states, the TrainConfig (to_dict) and `extra`
+    fakes.png            grid of G_ema images for fixed latents (seed 0), uint8 RGB/L
+    meta.json            human-readable summary: cur_nimg, kimg, tick and the metrics of that tick
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pipeline import storage
+
+NETWORK_FILE = "network.safetensors"
+STATE_FILE = "state.pt"
+GRID_FILE = "fakes.png"
+META_FILE = "meta.json"
+GRID_SEED = 0  # latents of the fakes grid: the same images at every snapshot, so progress is comparable
+
+
+@contextlib.contextmanager
+def staging_dir() -> Iterator[str]:
+    """A fresh local directory to write one checkpoint into before Ray persists it; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sg3-ckpt-") as d:
+        yield d
+
+
+def save(trainer, directory: str | os.PathLike) -> None:
+    """Write network.safetensors, state.pt and fakes.png of `trainer` into `directory`."""
+    import models
+
+    d = Path(directory)
+    models.save_network(d / NETWORK_FILE, G=trainer.G, D=trainer.D, G_ema=trainer.G_ema,
+                        extra={"cur_nimg": trainer.cur_nimg, "kimg": trainer.cur_nimg / 1000})
+    torch.save(trainer.state_dict(), d / STATE_FILE)
+    save_grid(fakes_grid(trainer.G_ema, trainer.cfg.chunk), d / GRID_FILE)
+
+
+def write_meta(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    clean = {k: (v if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v))
+                 else None) for k, v in metrics.items()}
+    (Path(directory) / META_FILE).write_text(json.dumps(clean, indent=1, sort_keys=True))
+
+
+def load_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The state.pt dict of a local checkpoint directory."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def restore(trainer, directory: str | os.PathLike) -> None:
+    """Automatic resume: put a checkpoint's full state (weights, optimizers, counters, ADA p, RNG) back."""
+    _copy_weights(trainer, Path(directory) / NETWORK_FILE, need_all=True)
+    trainer.load_state_dict(load_state(directory))
+
+
+def load_weights(trainer, source: str) -> None:
+    """--resume SOURCE: start a NEW run from the weights of a checkpoint directory/URI, a network file
+    (.safetensors, official .pkl) or an MLflow model URI (models:/NAME@ALIAS, via pipeline.tracking).
+    Counters, optimizers and ADA p start fresh (spec §e.1 fine-tuning)."""
+    with _local_network_file(source) as path:
+        _copy_weights(trainer, path, need_all=False)
+
+
+@contextlib.contextmanager
+def _local_network_file(source: str) -> Iterator[Path]:
+    if source.startswith("models:/"):
+        try:
+            from pipeline.tracking import download_model_network
+        except ImportError as e:
+            raise ValueError(f"--resume {source}: MLflow model URIs need pipeline.tracking "
+                             f"(download_model_network), which is not available: {e}") from None
+        with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
+            yield Path(download_model_network(source, tmp))
+        return
+    candidates = [storage.join(source, NETWORK_FILE), source]
+    for uri in candidates:
+        loc = storage.parse(uri)
+        if loc.is_s3:
+            if storage.exists(uri) and not uri.endswith("/"):
+                with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
+                    local = Path(tmp) / Path(loc.key).name
+                    storage.download_file(uri, local)
+                    yield local
+                return
+        elif Path(loc.path).is_file():
+            yield Path(loc.path)
+            return
+    raise FileNotFoundError(f"--resume {source}: found neither a checkpoint ({NETWORK_FILE} inside it) "
+                            "nor a network file there")
+
+
+def _copy_weights(trainer, path: Path, need_all: bool) -> None:
+    import models
+
+    net = models.load_network(str(path))
+    pairs = [("G", trainer.G, net.G), ("D", trainer.D, net.D),
+             ("G_ema", trainer.G_ema, net.G_ema if net.G_ema is not None else net.G)]
+    for name, dst, src in pairs:
+        if src is None:
+            if need_all:
+                raise ValueError(f"{path} holds no {name}; a training checkpoint needs G, D and G_ema")
+            continue
+        try:
+            dst.load_state_dict(src.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its {name} does not match this run's architecture "
+                             f"(--cfg/--cbase/--cmax/--map-depth/resolution must be the same): {e}") from None
+
+
+@torch.no_grad()
+def fakes_grid(G: torch.nn.Module, batch: int = 8, num: int | None = None, seed: int = GRID_SEED) -> np.ndarray:
+    """Images of G for fixed latents, tiled: uint8 [rows·H, cols·W, C].
+
+    num: images (default 32 below 128 px, else 16, 8 above 256 px); labels cycle through the classes.
+    """
+    res = G.img_resolution
+    num = num or (32 if res < 128 else 16 if res <= 256 else 8)
+    device = next(G.parameters()).device
+    z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed)).to(device)
+    c = torch.zeros([num, G.c_dim], device=device)
+    if G.c_dim:
+        c[torch.arange(num), torch.arange(num) % G.c_dim] = 1
+    imgs = torch.cat([G(zz, cc) for zz, cc in zip(z.split(batch), c.split(batch))])
+    imgs = (imgs * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu()
+    cols = 2 ** math.ceil(math.log2(math.sqrt(num)))
+    rows = math.ceil(num / cols)
+    C, H, W = imgs.shape[1:]
+    grid = torch.zeros([rows * cols, C, H, W], dtype=torch.uint8)
+    grid[:num] = imgs
+    return grid.reshape(rows, cols, C, H, W).permute(0, 3, 1, 4, 2).reshape(rows * H, cols * W, C).numpy()
+
+
+def save_grid(grid: np.ndarray, path: str | os.PathLike) -> None:
+    from PIL import Image
+
+    Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid[:, :, :3]).save(path)

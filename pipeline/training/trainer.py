@@ -1,0 +1,167 @@
+"""Driver side: check a run description, build the Ray `TorchTrainer` and fit it.
+
+    cfg, info = prepare(TrainConfig(...))        # validation + derived values; no cluster work
+    result = fit(cfg, info)                      # needs ray.init() done (local or a cluster)
+
+Automatic resume (PLATFORM.md, Ray Train V2): the trainer is rebuilt with the same
+`RunConfig(name=run_name, storage_path=storage)`; Ray hands the latest checkpoint of that run to
+the workers (`ray.train.get_checkpoint()`), which restore the full state. `FailureConfig(max_failures)`
+restarts dead workers from the latest checkpoint the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import storage
+from pipeline.training.config import ConfigError, TrainConfig
+from pipeline.training.loop import train_loop_per_worker
+
+
+def prepare(cfg: TrainConfig):
+    """Validate `cfg` against itself and the data's manifest; return (resolved cfg with a run name, DatasetInfo).
+
+    Raises ConfigError (one sentence: what is wrong and what to do) before any cluster work.
+    """
+    from pipeline.data import DataError, dataset_info
+
+    cfg.validate()
+    if not cfg.data.uri:
+        raise ConfigError("no data: pass --data URI (a shard set built by `python -m pipeline.dataset build`)")
+    try:
+        info = dataset_info(cfg.data.uri)
+    except (DataError, storage.StorageError) as e:
+        raise ConfigError(f"--data {cfg.data.uri}: {e}") from None
+    if cfg.data.cond and info.c_dim == 0:
+        raise ConfigError(f"--cond needs labels but {cfg.data.uri} has none; rebuild the shards with labels")
+    resolved = cfg.resolved(info.resolution, info.channels, info.c_dim)
+    if resolved.run.run_name is None:
+        resolved = resolved.replace(run={"run_name": default_run_name(resolved, info)})
+    if resolved.run.resume:
+        _check_resume_source(resolved.run.resume)
+    return resolved, info
+
+
+def default_run_name(cfg: TrainConfig, info) -> str:
+    """A stable name for a run description, so that re-running the same command resumes it:
+    {cfg}-{res}px-{data name}-b{batch}-{8 hex of the config hash}."""
+    flat = {k: v for k, v in cfg.flatten().items()
+            if not k.startswith("run.") or k in ("run.seed", "run.resume")}
+    flat["data.sha256"] = info.manifest_sha256
+    digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
+    data_name = Path(storage.parse(cfg.data.uri).uri().rstrip("/")).name or "data"
+    return f"{cfg.model.cfg}-{cfg.model.resolution}px-{data_name}-b{cfg.schedule.batch}-{digest}"
+
+
+def _check_resume_source(src: str) -> None:
+    if src.startswith("models:/"):
+        return  # resolved by pipeline.tracking inside the worker
+    from pipeline.training.checkpoint import NETWORK_FILE
+
+    if not (storage.exists(src) or storage.exists(storage.join(src, NETWORK_FILE))):
+        raise ConfigError(f"--resume {src}: no such checkpoint or network file")
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    """URI of the run's directory: {storage}/{run_name} (checkpoints are checkpoint_*kimg/ inside)."""
+    return storage.join(cfg.run.storage, cfg.run.run_name)
+
+
+def latest_checkpoint(cfg: TrainConfig) -> str | None:
+    """URI of the newest checkpoint directory of this run, or None (used to announce a resume)."""
+    from pipeline.training.checkpoint import STATE_FILE
+
+    uris = storage.list_uris(run_dir(cfg), suffix=STATE_FILE)
+    dirs = sorted(u[: -len(STATE_FILE) - 1] for u in uris if "/checkpoint_" in u)
+    return dirs[-1] if dirs else None
+
+
+def _use_gpu(cfg: TrainConfig) -> bool:
+    if cfg.run.use_gpu is not None:
+        return cfg.run.use_gpu
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True):
+    """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.data import make_dataset
+
+    use_gpu = _use_gpu(cfg)
+    ds = make_dataset(cfg.data.uri, resolution=info.resolution, channels=info.channels,
+                      use_labels=cfg.data.cond, mirror=cfg.data.mirror, seed=cfg.run.seed)
+    loop_config = {
+        "config": cfg.to_dict(),
+        "pass_images": info.num_images * (2 if cfg.data.mirror else 1),  # images in one pass over the data
+        "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
+    }
+    scaling = ray.train.ScalingConfig(
+        num_workers=cfg.run.workers, use_gpu=use_gpu,
+        # CPU-only: fractional CPUs leave room for Ray Data's decode tasks (PLATFORM.md "CPU starvation").
+        resources_per_worker=None if use_gpu else {"CPU": cfg.run.cpus_per_worker})
+    if storage.is_s3(cfg.run.storage):
+        fs, path = storage.pyarrow_fs(cfg.run.storage)  # pyarrow ignores AWS_ENDPOINT_URL by itself
+    else:
+        fs, path = None, str(Path(storage.parse(cfg.run.storage).path).resolve())
+    run_config = ray.train.RunConfig(
+        name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
+        callbacks=[ProgressPrinter(cfg.schedule.kimg)] if progress else None,
+        worker_runtime_env={"env_vars": {**storage.aws_env(), **(env_vars or {})}},
+    )
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
+                        datasets={"train": ds}, run_config=run_config,
+                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
+
+
+def fit(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True):
+    """Build and fit the trainer; returns the ray.train.Result (result.checkpoint = the latest one)."""
+    return build_trainer(cfg, info, env_vars=env_vars, progress=progress).fit()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(m: dict[str, Any]) -> str:
+    """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, speed."""
+    left = max(m["total_kimg"] - m["kimg"], 0) * m["sec_per_kimg"]
+    return (f"tick {m['tick']:<4d} kimg {m['kimg']:8.3f}/{m['total_kimg']:g}  ETA {_fmt_time(left):>7}  "
+            f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {m['loss/r1_penalty']:.4f}  "
+            f"p {m['ada_p']:.3f}  {m['sec_per_kimg']:.1f} s/kimg  {m['img_per_s']:.1f} img/s  "
+            f"mem {m['peak_mem_gb']:.2f} GB")
+
+
+try:
+    from ray.train.v2.api.callback import UserCallback
+except ImportError:  # Ray Train V1 (V2 is the default in the pinned Ray)
+    UserCallback = object  # type: ignore[misc,assignment]
+
+
+class ProgressPrinter(UserCallback):
+    """Prints one line per tick (runs in the Ray Train controller; its output reaches the driver's log)."""
+
+    def __init__(self, total_kimg: float):
+        self.total_kimg = total_kimg
+        self.start = time.time()
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if not metrics or "kimg" not in metrics[0]:
+            return
+        line = progress_line(metrics[0])
+        if checkpoint is not None:
+            line += f"  [checkpoint {checkpoint.path}]"
+        print(line, flush=True)
