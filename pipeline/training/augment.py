@@ -57,6 +57,11 @@ SYM6_LOWPASS = (
 _MARGIN_OUT = 3
 _MARGIN_IN = 4
 
+# sym6 is not linear-phase: its DC group delay (tap centroid, 5.098) is not the 5.5 that
+# upsample2d's padding centres a 12-tap filter on. In pixels of the original image (half a sample
+# of the 2x grid per tap), the offset the resampling pass compensates (see `_resample`):
+_SYM6_DELAY = (5.5 - sum(i * h for i, h in enumerate(SYM6_LOWPASS)) / sum(SYM6_LOWPASS)) / 2
+
 _TRANSFORMS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac",
                "brightness", "contrast", "lumaflip", "hue", "saturation")
 
@@ -311,7 +316,15 @@ class AugmentPipe(nn.Module):
         in_norm = torch.tensor([[2 / Wp, 0, (W + 2 * px0) / Wp - 1],
                                 [0, 2 / Hp, (H + 2 * py0) / Hp - 1],
                                 [0, 0, 1]], **f64)
-        theta = (in_norm @ general @ out_scale)[:, :2, :]
+        # Up- and downsampling with sym6 shift the content by opposite amounts `_SYM6_DELAY`; that
+        # cancels for translations but leaves a position error (I − M)·delay for rotations and
+        # scalings (0.1 px for a 30° turn). Sampling at M·(o + delay) − delay removes it to first
+        # order (measured: the error of a 30° rotation drops from first to second order in the
+        # signal frequency, like a plain sub-pixel shift).
+        d = _SYM6_DELAY
+        shift = torch.tensor([[1, 0, d], [0, 1, d], [0, 0, 1]], **f64)
+        unshift = torch.tensor([[1, 0, -d], [0, 1, -d], [0, 0, 1]], **f64)
+        theta = (in_norm @ unshift @ general @ shift @ out_scale)[:, :2, :]
         Wv, Hv = 2 * (W + 2 * mo), 2 * (H + 2 * mo)
         grid = F.affine_grid(theta, [N, C, Hv, Wv], align_corners=False).to(x.dtype)
         v = F.grid_sample(u, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -25,8 +25,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline import storage
-
 NETWORK_FILE = "network.safetensors"
 STATE_FILE = "state.pt"
 GRID_FILE = "fakes.png"
@@ -70,39 +68,13 @@ def restore(trainer, directory: str | os.PathLike) -> None:
 
 
 def load_weights(trainer, source: str) -> None:
-    """--resume SOURCE: start a NEW run from the weights of a checkpoint directory/URI, a network file
-    (.safetensors, official .pkl) or an MLflow model URI (models:/NAME@ALIAS, via pipeline.tracking).
-    Counters, optimizers and ADA p start fresh (spec §e.1 fine-tuning)."""
-    with _local_network_file(source) as path:
-        _copy_weights(trainer, path, need_all=False)
+    """--resume SOURCE: start a NEW run from the weights of any network source of
+    pipeline.registry.fetch_network (models:/NAME@ALIAS, a checkpoint directory, a .safetensors file,
+    an official .pkl; local or s3://). Counters, optimizers and ADA p start fresh (spec §e.1)."""
+    from pipeline.registry import fetch_network
 
-
-@contextlib.contextmanager
-def _local_network_file(source: str) -> Iterator[Path]:
-    if source.startswith("models:/"):
-        try:
-            from pipeline.tracking import download_model_network
-        except ImportError as e:
-            raise ValueError(f"--resume {source}: MLflow model URIs need pipeline.tracking "
-                             f"(download_model_network), which is not available: {e}") from None
-        with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
-            yield Path(download_model_network(source, tmp))
-        return
-    candidates = [storage.join(source, NETWORK_FILE), source]
-    for uri in candidates:
-        loc = storage.parse(uri)
-        if loc.is_s3:
-            if storage.exists(uri) and not uri.endswith("/"):
-                with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
-                    local = Path(tmp) / Path(loc.key).name
-                    storage.download_file(uri, local)
-                    yield local
-                return
-        elif Path(loc.path).is_file():
-            yield Path(loc.path)
-            return
-    raise FileNotFoundError(f"--resume {source}: found neither a checkpoint ({NETWORK_FILE} inside it) "
-                            "nor a network file there")
+    with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
+        _copy_weights(trainer, fetch_network(source, tmp), need_all=False)
 
 
 def _copy_weights(trainer, path: Path, need_all: bool) -> None:

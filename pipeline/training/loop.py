@@ -281,6 +281,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ckpt_io.restore(trainer, d)
     elif cfg.run.resume:
         ckpt_io.load_weights(trainer, cfg.run.resume)
+    trainer.extra["dataset_manifest_sha256"] = loop_config.get("manifest_sha256")
     callbacks: TrainCallbacks = load_callbacks(cfg.run.callbacks, cfg) if rank == 0 else TrainCallbacks()
     callbacks.on_start(trainer, resumed=checkpoint is not None)
 

@@ -49,8 +49,11 @@ def prepare(cfg: TrainConfig):
 def default_run_name(cfg: TrainConfig, info) -> str:
     """A stable name for a run description, so that re-running the same command resumes it:
     {cfg}-{res}px-{data name}-b{batch}-{8 hex of the config hash}."""
+    # Only what changes the training trajectory: a longer --kimg or other --tick/--snap/--keep/--workers
+    # continue the same run.
     flat = {k: v for k, v in cfg.flatten().items()
-            if not k.startswith("run.") or k in ("run.seed", "run.resume")}
+            if (not k.startswith("run.") or k in ("run.seed", "run.resume"))
+            and k not in ("schedule.kimg", "schedule.tick", "schedule.snap", "schedule.keep")}
     flat["data.sha256"] = info.manifest_sha256
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     data_name = Path(storage.parse(cfg.data.uri).uri().rstrip("/")).name or "data"
@@ -58,12 +61,15 @@ def default_run_name(cfg: TrainConfig, info) -> str:
 
 
 def _check_resume_source(src: str) -> None:
-    if src.startswith("models:/"):
-        return  # resolved by pipeline.tracking inside the worker
-    from pipeline.training.checkpoint import NETWORK_FILE
+    import tempfile
 
-    if not (storage.exists(src) or storage.exists(storage.join(src, NETWORK_FILE))):
-        raise ConfigError(f"--resume {src}: no such checkpoint or network file")
+    from pipeline.registry import SourceError, fetch_network
+
+    with tempfile.TemporaryDirectory(prefix="sg3-resume-check-") as tmp:
+        try:
+            fetch_network(src, tmp)
+        except (SourceError, storage.StorageError) as e:
+            raise ConfigError(f"--resume: {e}") from None
 
 
 def run_dir(cfg: TrainConfig) -> str:
@@ -102,6 +108,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         "config": cfg.to_dict(),
         "pass_images": info.num_images * (2 if cfg.data.mirror else 1),  # images in one pass over the data
         "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
+        "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
     }
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.run.workers, use_gpu=use_gpu,
@@ -123,9 +130,10 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
                         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
 
 
-def fit(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True):
-    """Build and fit the trainer; returns the ray.train.Result (result.checkpoint = the latest one)."""
-    return build_trainer(cfg, info, env_vars=env_vars, progress=progress).fit()
+def fit(cfg: TrainConfig, info, **kwargs):
+    """Build (kwargs as build_trainer) and fit the trainer; returns the ray.train.Result
+    (result.checkpoint = the latest checkpoint)."""
+    return build_trainer(cfg, info, **kwargs).fit()
 
 
 def _fmt_time(seconds: float) -> str:
