@@ -1,0 +1,287 @@
+"""Upsample, FIR-filter, downsample: ``upfirdn2d`` and its helpers (spec §c.2).
+
+Per channel, in this order: insert ``up - 1`` zeros after each sample; pad by ``[x0, x1, y0, y1]`` (negative
+values crop); convolve in "valid" mode with the filter (true convolution unless ``flip_filter``); keep every
+``down``-th sample starting at index 0. Output size per axis: ``(in * up + p0 + p1 - taps) // down + 1``.
+
+The reference path here is polyphase: upsampling is a strided transposed depthwise convolution (it multiplies
+only the non-zero samples), filter + decimate is a strided depthwise convolution (it computes only the kept
+outputs), and a separable filter runs as two 1-D passes.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import select_impl
+
+
+def parse_padding(padding, op: str = "upfirdn2d") -> list[int]:
+    """``padding`` as ``[x0, x1, y0, y1]``: an int ``p`` means all four, a pair ``[px, py]`` means
+    ``[px, px, py, py]``, four ints are taken as they are. Negative values crop."""
+    if isinstance(padding, Integral) and not isinstance(padding, bool):
+        return [int(padding)] * 4
+    if isinstance(padding, torch.Tensor):
+        padding = padding.tolist()
+    if isinstance(padding, (list, tuple)) and len(padding) in (2, 4) and all(
+            isinstance(p, Integral) and not isinstance(p, bool) for p in padding):
+        padding = [int(p) for p in padding]
+        if len(padding) == 2:
+            px, py = padding
+            padding = [px, px, py, py]
+        return padding
+    raise TypeError(f"{op}: padding must be an int, a pair [px, py] or four ints [x0, x1, y0, y1], got {padding!r}")
+
+
+def check_factor(name: str, value, op: str = "upfirdn2d") -> int:
+    """A positive integer resampling factor (``up``/``down``)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{op}: {name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op}: {name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_filter(f, name: str = "f", op: str = "upfirdn2d") -> torch.Tensor | None:
+    """Validate a FIR filter: None (identity), or a float32 tensor ``[taps]`` (separable) or ``[fh, fw]``
+    (non-separable) that does not require grad (filters are fixed buffers, spec §b.5)."""
+    if f is None:
+        return None
+    if not isinstance(f, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(f).__name__}")
+    if f.dtype != torch.float32:
+        raise TypeError(f"{op}: {name} must be a float32 tensor (see ops.setup_filter), got {f.dtype}")
+    if f.ndim not in (1, 2):
+        raise ValueError(f"{op}: {name} must be 1-D [taps] (separable) or 2-D [fh, fw], "
+                         f"got shape {list(f.shape)}")
+    if f.numel() == 0:
+        raise ValueError(f"{op}: {name} must not be empty, got shape {list(f.shape)}")
+    if f.requires_grad:
+        raise ValueError(f"{op}: {name} must not require grad (filters are fixed; they get no gradient)")
+    return f
+
+
+def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    """``(fw, fh)`` of a checked filter (``(1, 1)`` for None)."""
+    if f is None:
+        return 1, 1
+    if f.ndim == 1:
+        return f.shape[0], f.shape[0]
+    return f.shape[1], f.shape[0]
+
+
+def output_size(in_size: int, up: int, down: int, p0: int, p1: int, taps: int) -> int:
+    """Output length along one axis, ``(in * up + p0 + p1 - taps) // down + 1`` (spec §c.2)."""
+    return (in_size * up + p0 + p1 - taps) // down + 1
+
+
+def check_input(x, op: str = "upfirdn2d") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got shape {list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
+
+
+def check_output_size(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
+                      op: str = "upfirdn2d", what: str = "padding") -> tuple[int, int]:
+    """``(out_h, out_w)``; ValueError naming ``padding`` if an axis would have no output."""
+    fw, fh = filter_size(f)
+    px0, px1, py0, py1 = padding
+    in_h, in_w = x.shape[2], x.shape[3]
+    for axis, n, p0, p1, taps in (("x", in_w, px0, px1, fw), ("y", in_h, py0, py1, fh)):
+        if n * up + p0 + p1 < taps:
+            raise ValueError(
+                f"{op}: {what} {padding} leaves no output along {axis}: input size {n} * up {up} + padding "
+                f"{p0} + {p1} = {n * up + p0 + p1} is smaller than the filter's {taps} taps")
+    return output_size(in_h, up, down, py0, py1, fh), output_size(in_w, up, down, px0, px1, fw)
+
+
+def check_gain(gain, op: str = "upfirdn2d") -> float:
+    if isinstance(gain, bool) or not isinstance(gain, Real) or not math.isfinite(float(gain)):
+        raise TypeError(f"{op}: gain must be a finite real number, got {gain!r}")
+    return float(gain)
+
+
+def adjoint_padding(in_h: int, in_w: int, out_h: int, out_w: int, fw: int, fh: int, up: int, down: int,
+                    padding: list[int]) -> list[int]:
+    """Padding of the upfirdn2d that is the adjoint (the gradient with respect to ``x``) of
+    ``upfirdn2d(x [.., in_h, in_w], f [fh, fw], up, down, padding) -> [.., out_h, out_w]``.
+
+    The adjoint runs with ``up`` and ``down`` swapped, the filter flip toggled and the same gain (spec §c.2).
+    """
+    px0, _, py0, _ = padding
+    return [fw - px0 - 1, in_w * up - out_w * down + px0 - up + 1,
+            fh - py0 - 1, in_h * up - out_h * down + py0 - up + 1]
+
+
+def _transposed_range(n: int, up: int, taps: int, p0: int, p1: int) -> tuple[int, int, int, int]:
+    """For one axis of the polyphase upsampling pass: the input samples ``[lo, hi)`` that reach the output and the
+    ``(before, after)`` padding (negative = crop) that turns the full transposed convolution of ``x[lo:hi]`` into
+    the padded, filtered signal.
+
+    The full transposed convolution ``t[j] = sum_k x[k] h[j - k*up]`` (``h`` the filter in true-convolution
+    orientation) equals the valid correlation of the zero-inserted, padded signal at index ``j - (taps-1) + p0``.
+    """
+    length = n * up + p0 + p1 - taps + 1            # outputs before decimation
+    j_start = taps - 1 - p0                          # first needed index of the full transposed output
+    lo = max(0, -(p0 // up))                         # sample k touches j in [k*up, k*up + taps - 1]
+    hi = min(n, (j_start + length - 1) // up + 1)
+    if lo >= hi:
+        return 0, 0, 0, 0
+    full = (hi - lo - 1) * up + taps
+    before = -(j_start - lo * up)
+    return lo, hi, before, length - full - before
+
+
+def _polyphase_pass(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
+                    padding: list[int], flip_filter: bool) -> torch.Tensor:
+    """One depthwise pass with a 2-D kernel ``k [kh, kw]`` (``[1, taps]``/``[taps, 1]`` for a 1-D pass of a
+    separable filter), factors ``up = (uy, ux)``, ``down = (dy, dx)``, ``padding = [x0, x1, y0, y1]``."""
+    n, c, h, w = x.shape
+    kh, kw = k.shape
+    (uy, ux), (dy, dx) = up, down
+    px0, px1, py0, py1 = padding
+    if uy == 1 and ux == 1:
+        # Filter + decimate: a strided correlation computes only the kept outputs.
+        g = k if flip_filter else k.flip([0, 1])
+        x = F.pad(x, [px0, px1, py0, py1])
+        return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), stride=(dy, dx), groups=c)
+    # Zero-insert + pad + filter: a transposed convolution with stride `up` multiplies only the non-zero samples.
+    hk = k.flip([0, 1]) if flip_filter else k
+    ylo, yhi, ya, yb = _transposed_range(h, uy, kh, py0, py1)
+    xlo, xhi, xa, xb = _transposed_range(w, ux, kw, px0, px1)
+    out_h = h * uy + py0 + py1 - kh + 1
+    out_w = w * ux + px0 + px1 - kw + 1
+    if ylo >= yhi or xlo >= xhi:
+        # No input sample reaches the output (it lies entirely in the padding): zeros, still attached to x.
+        return F.pad(x[:, :, :0, :0], [0, (out_w - 1) // dx + 1, 0, (out_h - 1) // dy + 1])
+    x = x[:, :, ylo:yhi, xlo:xhi]
+    y = F.conv_transpose2d(x, hk[None, None].repeat(c, 1, 1, 1), stride=(uy, ux), groups=c)
+    y = F.pad(y, [xa, xb, ya, yb])
+    if dy > 1 or dx > 1:
+        y = y[:, :, ::dy, ::dx]
+    return y
+
+
+def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
+                  flip_filter: bool, gain: float) -> torch.Tensor:
+    """Reference upfirdn2d (arguments already validated); gradients by autograd to any order."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
+    px0, px1, py0, py1 = padding
+    if f.ndim == 2:
+        return _polyphase_pass(x, f, (up, up), (down, down), padding, flip_filter)
+    # Separable: along x, then along y (spec §c.2), each with sqrt(gain).
+    x = _polyphase_pass(x, f[None, :], (1, up), (1, down), [px0, px1, 0, 0], flip_filter)
+    return _polyphase_pass(x, f[:, None], (up, 1), (down, 1), [0, 0, py0, py1], flip_filter)
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,
+              flip_filter: bool = False, gain: float = 1, impl: str = "auto") -> torch.Tensor:
+    """Upsample by zero insertion, pad, FIR-filter and downsample, per channel (spec §c.2).
+
+    Args:
+        x: ``[N, C, H, W]`` float16/float32/float64 (bfloat16 on GPU).
+        f: float32 filter ``[taps]`` (separable: applied along x, then y), ``[fh, fw]``, or None (identity).
+        up: upsampling factor (zeros inserted after each sample), int >= 1.
+        down: downsampling factor (every ``down``-th sample kept, starting at 0), int >= 1.
+        padding: int, ``[px, py]`` or ``[x0, x1, y0, y1]`` in samples of the upsampled signal; negative crops.
+        flip_filter: False = true convolution, True = correlation.
+        gain: overall gain; the filter is multiplied by ``gain ** (f.ndim / 2)``.
+        impl: 'auto' | 'ref' | 'triton'.
+
+    Returns:
+        ``[N, C, (H*up + y0 + y1 - fh) // down + 1, (W*up + x0 + x1 - fw) // down + 1]``, ``x``'s dtype,
+        differentiable with respect to ``x`` to any order.
+    """
+    check_input(x)
+    f = check_filter(f)
+    up = check_factor("up", up)
+    down = check_factor("down", down)
+    padding = parse_padding(padding)
+    gain = check_gain(gain)
+    check_output_size(x, f, up, down, padding)
+    if select_impl(impl, x, "upfirdn2d") == "triton":
+        from ._triton.upfirdn2d import upfirdn2d_triton
+        return upfirdn2d_triton(x, f, up, down, padding, bool(flip_filter), gain)
+    return upfirdn2d_ref(x, f, up, down, padding, bool(flip_filter), gain)
+
+
+def setup_filter(f, device=torch.device("cpu"), normalize: bool = True, flip_filter: bool = False,
+                 gain: float = 1, separable: bool | None = None) -> torch.Tensor:
+    """Turn filter taps into the float32 tensor the ops expect (spec §c.2).
+
+    Args:
+        f: taps as a tensor, array or nested list: a scalar, ``[taps]`` or ``[fh, fw]``; None means ``[1]``.
+        device: device of the result.
+        normalize: scale so the taps sum to 1 (unit DC gain).
+        flip_filter: flip the taps along every axis.
+        gain: overall gain, applied as ``gain ** (ndim / 2)`` like upfirdn2d.
+        separable: keep a 1-D filter 1-D (separable). None = separable iff 1-D with at least 8 taps; otherwise a
+            1-D filter becomes 2-D by outer product (StyleGAN2's ``[1, 3, 3, 1]`` becomes a 4x4 kernel / 64).
+
+    Returns:
+        float32 ``[taps]`` or ``[fh, fw]`` on ``device``.
+    """
+    if f is None:
+        f = 1
+    f = torch.as_tensor(f, dtype=torch.float32)
+    if f.ndim not in (0, 1, 2):
+        raise ValueError(f"setup_filter: f must be a scalar, [taps] or [fh, fw], got shape {list(f.shape)}")
+    if f.numel() == 0:
+        raise ValueError("setup_filter: f must not be empty")
+    if f.ndim == 0:
+        f = f[None]
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if separable and f.ndim != 1:
+        raise ValueError(f"setup_filter: separable=True needs 1-D taps, got shape {list(f.shape)}")
+    if normalize:
+        total = f.sum()
+        if total == 0:
+            raise ValueError("setup_filter: normalize=True but the taps sum to 0")
+        f = f / total
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (check_gain(gain, "setup_filter") ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding=0, flip_filter: bool = False, gain: float = 1,
+             impl: str = "auto") -> torch.Tensor:
+    """Filter without resampling; the size is kept (extra ``padding`` added on top). Shapes as upfirdn2d."""
+    fw, fh = filter_size(check_filter(f, op="filter2d"))
+    px0, px1, py0, py1 = parse_padding(padding, "filter2d")
+    p = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 2, padding=0, flip_filter: bool = False,
+               gain: float = 1, impl: str = "auto") -> torch.Tensor:
+    """Upsample by ``up`` with filter ``f`` (gain ``up**2`` restores DC): ``[N, C, H, W] -> [N, C, H*up, W*up]``
+    plus any extra ``padding``."""
+    up = check_factor("up", up, "upsample2d")
+    fw, fh = filter_size(check_filter(f, op="upsample2d"))
+    px0, px1, py0, py1 = parse_padding(padding, "upsample2d")
+    p = [px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2]
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=check_gain(gain) * up * up, impl=impl)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: int = 2, padding=0, flip_filter: bool = False,
+                 gain: float = 1, impl: str = "auto") -> torch.Tensor:
+    """Filter and downsample by ``down``: ``[N, C, H, W] -> [N, C, H//down, W//down]`` (for sizes divisible by
+    ``down``) plus any extra ``padding``."""
+    down = check_factor("down", down, "downsample2d")
+    fw, fh = filter_size(check_filter(f, op="downsample2d"))
+    px0, px1, py0, py1 = parse_padding(padding, "downsample2d")
+    p = [px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2, py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2]
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
