@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ DEMO_RESOLUTION = 32
 DEMO_IMAGES = 1000  # a quarter of the demo set: the shards build in seconds
 # The embedded default: a tiny StyleGAN3-T at 32x32 that trains on a 2-core CPU in under 10 minutes
 # (measured in docs/training.md). Same meaning as the flags of the same names.
-DEMO_ARGS = ["--cfg", "stylegan3-t", "--batch", "8", "--cbase", "1024", "--cmax", "32", "--kimg", "0.2",
-             "--tick", "0.04", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1",
+DEMO_ARGS = ["--cfg", "stylegan3-t", "--batch", "8", "--cbase", "1024", "--cmax", "32", "--kimg", "0.4",
+             "--tick", "0.08", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1",
              "--run-name", "demo-emoji32-t"]
 
 
@@ -131,22 +132,28 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _local_ray_env() -> None:
+    """Before Ray is imported: a local instance binds to loopback only and writes no auth-token file
+    (which would switch a later `ray start --head` to token auth), PLATFORM.md "Ray"."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 def _init_ray() -> None:
     import ray
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):  # a cluster: `ray job submit` sets this
-        ray.init()
-        return
-    # A private local instance, never a stranger's cluster on a shared machine; loopback only, no token file.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", include_dashboard=False, configure_logging=False)
+    if not ray.is_initialized():
+        # RAY_ADDRESS set (e.g. by `ray job submit`): join that cluster; else a private local instance,
+        # never a stranger's cluster on a shared machine.
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
+                 configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per tick instead
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _local_ray_env()
     demo = not argv
     args = make_parser().parse_args(DEMO_ARGS if demo else argv)
     cfg = config_from_args(args)
@@ -170,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{info.num_images} images from {cfg.data.uri}, batch {cfg.schedule.batch} on {cfg.run.workers} "
           f"worker(s), gamma {cfg.loss.gamma:g}, {cfg.schedule.kimg:g} kimg", flush=True)
     print(f"  checkpoints: {run_dir(cfg)}" + (f"  (resuming from {previous})" if previous else ""), flush=True)
+    if cfg.run.callbacks:
+        from pipeline.tracking import tracking_uri
+
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # resolved here: workers run in other directories
     _init_ray()
     start = time.time()
     result = fit(cfg, info)
@@ -184,22 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     if last:
         print(f"  fakes grid:        {last}/fakes.png")
     if cfg.run.callbacks:
-        from pipeline.tracking import tracking_uri
-
-        print(f"  MLflow:            {tracking_uri()}  (browse: mlflow ui --backend-store-uri {tracking_uri()})")
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        print(f"  MLflow:            {uri}  (browse: mlflow ui --backend-store-uri {uri})")
     print("next:")
     if last:
         print(f"  python -m pipeline.generate --model {last} --seeds 0-7 --outdir outputs/fakes")
-    print("  python -m pipeline.train " + " ".join(_quote(x) for x in (DEMO_ARGS if demo else argv))
-          + ("  # with a larger --kimg: continues this run" if not demo else
-             f" --data {cfg.data.uri} --kimg 2  # train this run further"))
+    again = list(DEMO_ARGS) + ["--data", cfg.data.uri] if demo else list(argv)
+    if "--kimg" in again:
+        again[again.index("--kimg") + 1] = f"{cfg.schedule.kimg * 10:g}"
+    else:
+        again += ["--kimg", f"{cfg.schedule.kimg * 10:g}"]
+    print("  python -m pipeline.train " + shlex.join(again) + "   # continues this run to a larger --kimg")
     return 0
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Full training-state checkpoints and loading weights to start a new run from.
 
 Layout of one checkpoint directory (what `ray.train.report(checkpoint=...)` persists under
-`{storage}/{run_name}/checkpoint_{kimg:06d}kimg/`):
+`{storage}/{run_name}/checkpoint_{kimg:011.3f}kimg/`, e.g. checkpoint_0000001.200kimg):
 
     network.safetensors  G, D and G_ema weights + the network config (models.save_network; loadable by
                          models.load_network, i.e. by pipeline.generate / tracking / metrics)
@@ -30,6 +30,11 @@ STATE_FILE = "state.pt"
 GRID_FILE = "fakes.png"
 META_FILE = "meta.json"
 GRID_SEED = 0  # latents of the fakes grid: the same images at every snapshot, so progress is comparable
+
+
+def dir_name(cur_nimg: int) -> str:
+    """Name of the checkpoint directory at `cur_nimg` images; sorts in training order."""
+    return f"checkpoint_{cur_nimg / 1000:011.3f}kimg"
 
 
 @contextlib.contextmanager

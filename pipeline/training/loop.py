@@ -332,7 +332,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     metrics.update(callbacks.on_snapshot(trainer, d, metrics) or {})
                     ckpt_io.write_meta(d, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,
-                                 checkpoint_dir_name=f"checkpoint_{trainer.cur_nimg // 1000:06d}kimg")
+                                 checkpoint_dir_name=ckpt_io.dir_name(trainer.cur_nimg))
         else:
             ray.train.report(metrics)
         tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ def latest_checkpoint(cfg: TrainConfig) -> str | None:
     return dirs[-1] if dirs else None
 
 
+def _mlflow_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+
 def _use_gpu(cfg: TrainConfig) -> bool:
     if cfg.run.use_gpu is not None:
         return cfg.run.use_gpu
@@ -123,7 +128,8 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
         callbacks=[ProgressPrinter(cfg.schedule.kimg)] if progress else None,
-        worker_runtime_env={"env_vars": {**storage.aws_env(), **(env_vars or {})}},
+        # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
+        worker_runtime_env={"env_vars": {**storage.aws_env(), **_mlflow_env(), **(env_vars or {})}},
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                         datasets={"train": ds}, run_config=run_config,
@@ -144,11 +150,15 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _num(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.4f}"  # NaN: the phase did not run this tick
+
+
 def progress_line(m: dict[str, Any]) -> str:
     """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, speed."""
     left = max(m["total_kimg"] - m["kimg"], 0) * m["sec_per_kimg"]
     return (f"tick {m['tick']:<4d} kimg {m['kimg']:8.3f}/{m['total_kimg']:g}  ETA {_fmt_time(left):>7}  "
-            f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {m['loss/r1_penalty']:.4f}  "
+            f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {_num(m['loss/r1_penalty'])}  "
             f"p {m['ada_p']:.3f}  {m['sec_per_kimg']:.1f} s/kimg  {m['img_per_s']:.1f} img/s  "
             f"mem {m['peak_mem_gb']:.2f} GB")
 

@@ -1,0 +1,121 @@
+"""Training on a real local Ray cluster (ray_local) with real S3 storage (SeaweedFS): a 2-worker run with
+checkpoints on S3, automatic resume with the same run name, recovery from a worker killed mid-run, and the
+configuration errors that must stop a run before any cluster work. Tiny networks (16x16, 16 channels)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import storage
+from pipeline.training import checkpoint
+from pipeline.training.config import ConfigError, TrainConfig
+from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
+from tests.pipeline import train_record
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(session_dir):
+    from pipeline.data import ensure_demo_shards
+
+    return ensure_demo_shards(session_dir / "train-shards", 16, max_images=64, progress=False)
+
+
+def tiny_config(data: str, storage_uri: str, run_name: str, **sections) -> TrainConfig:
+    base = TrainConfig().replace(
+        model={"cbase": 256, "cmax": 16, "z_dim": 16, "w_dim": 16},
+        loss={"gamma": 0.1},
+        aug={"mode": "ada", "ada_kimg": 0.1},  # p moves 0.32 per adjustment: the ADA state changes visibly
+        schedule={"batch": 8, "kimg": 0.016, "tick": 0.008, "snap": 1, "keep": 2},
+        data={"uri": data},
+        run={"workers": 2, "storage": storage_uri, "run_name": run_name, "max_failures": 0,
+             "callbacks": "tests.pipeline.train_record:make"},
+    )
+    return base.replace(**sections)
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a["cur_nimg"] == b["cur_nimg"] and a["batch_idx"] == b["batch_idx"] and a["cur_tick"] == b["cur_tick"]
+    assert a["ada"] == b["ada"]
+    for k in ("G_opt_moments", "D_opt_moments", "G_ema_sum", "G_ema_sq"):
+        assert math.isclose(a[k], b[k], rel_tol=1e-6, abs_tol=1e-9), k
+
+
+def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards, s3_bucket, tmp_path):
+    record = tmp_path / "record.jsonl"
+    env = {"STYLEGAN3_TEST_RECORD": str(record)}
+    cfg, info = prepare(tiny_config(tiny_shards, f"{s3_bucket}/runs", "two-workers"))
+    assert cfg.per_worker_batch == 4 and cfg.model.resolution == 16
+
+    result = fit(cfg, info, env_vars=env, progress=False)
+    assert result.error is None
+    m = result.metrics
+    assert m["kimg"] == pytest.approx(0.016) and m["tick"] == 2 and m["done"] is True
+    assert math.isfinite(m["loss/G_loss"]) and math.isfinite(m["loss/D_loss"]) and math.isfinite(m["loss/r1_penalty"])
+    assert m["img_per_s"] > 0 and m["peak_mem_gb"] > 0 and m["corrupt_skipped"] == 0
+    assert m["test_metric"] == 1.0  # on_snapshot's metrics reach the report
+
+    # Two snapshots on S3, both kept (keep 2); each holds the full layout.
+    ckpts = sorted({u.rsplit("/", 2)[-2] for u in storage.list_uris(run_dir(cfg), suffix=checkpoint.STATE_FILE)})
+    assert ckpts == [checkpoint.dir_name(8), checkpoint.dir_name(16)]
+    last = latest_checkpoint(cfg)
+    for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE, checkpoint.META_FILE):
+        assert storage.exists(storage.join(last, name)), name
+    local = tmp_path / "ckpt"
+    for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE):
+        storage.download_file(storage.join(last, name), local / name)
+    saved = train_record.checkpoint_summary(local, cfg)
+    end = [r for r in train_record.read(record) if r["event"] == "end"][-1]
+    _close(saved, end)  # the checkpoint is the state the run ended with
+    assert saved["ada"]["step_idx"] == 2 and saved["extra"]["dataset_manifest_sha256"] == info.manifest_sha256
+
+    # Same run name and storage, longer schedule: starts from the checkpoint, then goes on.
+    cfg2, info2 = prepare(tiny_config(tiny_shards, f"{s3_bucket}/runs", "two-workers",
+                                      schedule={"kimg": 0.024}))
+    result2 = fit(cfg2, info2, env_vars=env, progress=False)
+    assert result2.error is None
+    starts = [r for r in train_record.read(record) if r["event"] == "start"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    _close(starts[1], saved)
+    assert result2.metrics["kimg"] == pytest.approx(0.024) and result2.metrics["tick"] == 3
+    final = train_record.read(record)[-1]
+    assert final["cur_nimg"] == 24 and final["G_ema_sum"] != saved["G_ema_sum"]
+    # keep 2: the oldest checkpoint is gone.
+    ckpts = sorted({u.rsplit("/", 2)[-2] for u in storage.list_uris(run_dir(cfg), suffix=checkpoint.STATE_FILE)})
+    assert ckpts == [checkpoint.dir_name(16), checkpoint.dir_name(24)]
+
+
+def test_worker_killed_mid_run_is_restarted_from_last_checkpoint(ray_local, tiny_shards, tmp_path):
+    record, marker = tmp_path / "record.jsonl", tmp_path / "fault-done"
+    cfg, info = prepare(tiny_config(tiny_shards, str(tmp_path / "runs"), "fault", run={"max_failures": 1},
+                                    schedule={"kimg": 0.024}))
+    # Rank 1 exits abruptly once 8 images are done (after the first checkpoint), once.
+    env = {"STYLEGAN3_TEST_RECORD": str(record), "STYLEGAN3_FAULT": f"1:8:{marker}"}
+    result = fit(cfg, info, env_vars=env, progress=False)
+    assert marker.exists(), "the fault was not injected"
+    assert result.error is None
+    assert result.metrics["kimg"] == pytest.approx(0.024)
+    starts = [r for r in train_record.read(record) if r["event"] == "start"]
+    assert [(s["resumed"], s["cur_nimg"]) for s in starts] == [(False, 0), (True, 8)]
+    assert train_record.read(record)[-1]["cur_nimg"] == 24
+
+
+def test_bad_configurations_stop_before_cluster_work(tiny_shards, tmp_path):
+    def err(**sections):
+        with pytest.raises(ConfigError) as e:
+            prepare(tiny_config(tiny_shards, str(tmp_path), "bad", **sections))
+        return str(e.value)
+
+    assert "not divisible by --workers" in err(schedule={"batch": 9})
+    assert "minibatch-std group 4" in err(schedule={"batch": 4})  # 2 workers x 2 images
+    assert "resolution 16x16" in err(model={"resolution": 32})
+    assert "unknown --cfg 'stylegan2'" in err(model={"cfg": "stylegan2"})
+    missing = str(tmp_path / "nowhere")
+    assert missing in err(data={"uri": missing}) and "manifest.json" in err(data={"uri": missing})
+    assert "--resume" in err(run={"resume": str(tmp_path / "no-such.safetensors")})
+    assert not os.listdir(tmp_path) or Path(tmp_path).is_dir()
