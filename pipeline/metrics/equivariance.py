@@ -20,6 +20,7 @@ Differences from the reference protocol, on purpose:
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional
 
@@ -204,12 +205,21 @@ def psnr_from_sums(sum_err: float, sum_mask: float) -> float:
     return 20 * math.log10(2) - 10 * math.log10(mse)
 
 
-def _default_labels(c_dim: int, n: int, gen: torch.Generator) -> torch.Tensor:
+def default_labels(c_dim: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """Uniformly random one-hot labels [n, c_dim] float32 (zeros [n, 0] if unconditional)."""
     c = torch.zeros([n, c_dim])
     if c_dim > 0:
         c[torch.arange(n), torch.randint(c_dim, [n], generator=gen)] = 1
     return c
+
+
+def synthesis_kwargs(G) -> dict:
+    """`{"force_fp32": True}` when `G.synthesis` accepts it (spec §f.1 evaluates the metrics in fp32), else {}."""
+    try:
+        params = inspect.signature(G.synthesis.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return {"force_fp32": True} if "force_fp32" in params else {}
 
 
 @torch.no_grad()
@@ -242,8 +252,9 @@ def eq_sums(G, kind: str, num_samples: int, batch_size: int = 4, seed: int = 0,
     if device is None:
         device = transform.device
     gen = torch.Generator().manual_seed(seed)
-    sample_c = c_sampler or (lambda n, g: _default_labels(G.c_dim, n, g))
+    sample_c = c_sampler or (lambda n, g: default_labels(G.c_dim, n, g))
     saved = transform.detach().clone()
+    kwargs = synthesis_kwargs(G)
     res = int(G.img_resolution)
     sum_err, sum_mask = 0.0, 0.0
     batches = range(0, num_samples, batch_size)
@@ -257,14 +268,14 @@ def eq_sums(G, kind: str, num_samples: int, batch_size: int = 4, seed: int = 0,
             c = sample_c(n, gen).to(device)
             ws = G.mapping(z, c, truncation_psi=1)
             transform.copy_(torch.eye(3))
-            orig = G.synthesis(ws).float()
+            orig = G.synthesis(ws, **kwargs).float()
             if kind in ("eqt", "eqt_frac"):
                 t = (torch.rand(2, generator=gen, dtype=torch.float64) * 2 - 1) * 0.125
                 if kind == "eqt":
                     t = torch.round(t * res) / res
                 tx, ty = float(t[0]), float(t[1])
                 transform.copy_(torch.as_tensor(translation_matrix(-tx, -ty)))
-                img = G.synthesis(ws).float()
+                img = G.synthesis(ws, **kwargs).float()
                 if kind == "eqt":
                     ref, mask = translate_int(orig, round(tx * res), round(ty * res))
                 else:
@@ -272,7 +283,7 @@ def eq_sums(G, kind: str, num_samples: int, batch_size: int = 4, seed: int = 0,
             else:
                 angle = float((torch.rand([], generator=gen, dtype=torch.float64) * 2 - 1) * math.pi)
                 transform.copy_(torch.as_tensor(rotation_matrix(-angle)))
-                img = G.synthesis(ws).float()
+                img = G.synthesis(ws, **kwargs).float()
                 ref, m1 = rotate(orig, angle)
                 img, m2 = pseudo_rotate(img, angle)
                 mask = m1 * m2
