@@ -1,0 +1,49 @@
+"""`ray job submit --working-dir . -- python -m pipeline.train ...` against a running head (`ray start --head`),
+through JobSubmissionClient: the driver exits 0 and the checkpoint lands in --storage."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.training import checkpoint
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+# Never upload the virtualenv, run outputs, databases or git objects with the working directory.
+EXCLUDES = [".venv", ".git", "outputs", "mlruns", "*.db", ".cache", "__pycache__", ".pytest_cache", "*.egg-info"]
+
+
+def test_job_submit_trains_and_writes_checkpoint(ray_head, session_dir, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from pipeline.data import ensure_demo_shards
+
+    data = ensure_demo_shards(session_dir / "job-shards", 16, max_images=32, progress=False)
+    runs = tmp_path / "runs"
+    entrypoint = " ".join([
+        sys.executable, "-m", "pipeline.train", "--data", data, "--cbase", "256", "--cmax", "16",
+        "--batch", "4", "--kimg", "0.004", "--tick", "0.004", "--snap", "1", "--workers", "1",
+        "--storage", str(runs), "--run-name", "job", "--tracking", "0",
+    ])
+    client = JobSubmissionClient(ray_head.info["dashboard_url"])
+    job = client.submit_job(entrypoint=entrypoint,
+                            runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+    deadline = time.time() + 540
+    while time.time() < deadline:
+        status = client.get_job_status(job)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    info = client.get_job_info(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert info.driver_exit_code == 0
+    ckpt = runs / "job" / checkpoint.dir_name(4)
+    for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE):
+        assert (ckpt / name).is_file(), f"{name} missing; driver log:\n{logs[-3000:]}"
+    assert "latest checkpoint:" in logs and "done in" in logs
