@@ -1,0 +1,163 @@
+"""Benchmark: StyleGAN3 G and StyleGAN2 D on CPU (or CUDA), forward and forward+backward, and the
+three training loss phases (Gmain, Dmain, Dreg) when pipeline.training.loss is importable.
+
+Each measurement runs in a fresh subprocess so that its peak RSS is its own. Times are the median of
+--repeats runs after one warm-up, in seconds per call. The baseline is the official code's figures on a
+2-core machine of this kind, quoted from the project spec §i (measured elsewhere, not in this run).
+
+    python bench/model.py                      # 64x64, T, cbase 8192, cmax 512, batch 4, CPU
+    python bench/model.py --preset stylegan3-r --repeats 5
+    python bench/model.py --device cuda --resolution 256 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MEASURES = ["G_fwd", "G_fwd_bwd", "D_fwd", "D_fwd_bwd", "Gmain", "Dmain", "Dreg"]
+
+# Official code, CPU reference ops, 64x64, cbase 8192 / cmax 512, batch 4, median of 3 (spec §i).
+SPEC_BASELINE = {
+    "stylegan3-t": {"G_fwd": 8.76, "G_fwd_bwd": 19.07, "D_fwd": 0.10, "D_fwd_bwd": 0.31,
+                    "Gmain": 18.71, "Dmain": 6.67, "Dreg": 0.91},
+    "stylegan3-r": {"G_fwd": 14.84, "G_fwd_bwd": 40.47, "D_fwd": 0.45, "D_fwd_bwd": 0.48,
+                    "Gmain": 40.61, "Dmain": 17.13, "Dreg": 1.08},
+}
+SPEC_BASELINE_PEAK_RSS_GB = 11.0
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # Linux: KiB
+
+
+def run_one(args) -> dict:
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    G, D = models.build(args.preset, args.resolution, batch_size=args.batch, channel_base=args.cbase,
+                        channel_max=args.cmax)
+    G, D = G.to(device), D.to(device)
+    n = args.batch
+    z = torch.randn(n, G.z_dim, device=device)
+    c = torch.zeros(n, 0, device=device)
+    real = torch.randn(n, G.img_channels, G.img_resolution, G.img_resolution, device=device).clamp(-1, 1)
+    name = args.only
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if name in ("Gmain", "Dmain", "Dreg"):
+        from pipeline.training.loss import StyleGAN2Loss
+        loss = StyleGAN2Loss(G, D, r1_gamma=1.0)
+
+        def step():
+            G.requires_grad_(name == "Gmain")
+            D.requires_grad_(name != "Gmain")
+            loss.accumulate_gradients(name, real, c, z, c, gain=16.0 if name == "Dreg" else 1.0, cur_nimg=0)
+    elif name == "G_fwd":
+        def step():
+            with torch.no_grad():
+                G(z, c)
+    elif name == "G_fwd_bwd":
+        def step():
+            G(z, c).square().mean().backward()
+    elif name == "D_fwd":
+        def step():
+            with torch.no_grad():
+                D(real, c)
+    elif name == "D_fwd_bwd":
+        def step():
+            D(real, c).sum().backward()
+    else:
+        raise SystemExit(f"unknown measure {name!r}")
+
+    times, cpu_times = [], []
+    load_before = os.getloadavg()[0]
+    for i in range(args.repeats + 1):
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        if i > 0:                                   # first run is the warm-up
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+    out = {"measure": name, "median_s": statistics.median(times), "runs_s": times,
+           "median_cpu_s": statistics.median(cpu_times), "loadavg_1min": [load_before, os.getloadavg()[0]],
+           "peak_rss_gb": _peak_rss_gb(),
+           "G_params": sum(p.numel() for p in G.parameters()), "D_params": sum(p.numel() for p in D.parameters())}
+    if device.type == "cuda":
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="stylegan3-t", choices=["stylegan3-t", "stylegan3-r"], help="network config")
+    p.add_argument("--resolution", type=int, default=64, help="image side in pixels")
+    p.add_argument("--cbase", type=int, default=8192, help="channel base before R's doubling (--cbase)")
+    p.add_argument("--cmax", type=int, default=512, help="channel max before R's doubling (--cmax)")
+    p.add_argument("--batch", type=int, default=4, help="images per call")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measure (after one warm-up)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated subset of {MEASURES}")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)   # internal: one measure, in a subprocess
+    args = p.parse_args()
+
+    if args.only:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return
+
+    base = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution),
+            "--cbase", str(args.cbase), "--cmax", str(args.cmax), "--batch", str(args.batch),
+            "--repeats", str(args.repeats), "--device", args.device]
+    results = []
+    baseline = SPEC_BASELINE.get(args.preset, {}) if (args.resolution, args.cbase, args.cmax, args.batch,
+                                                      args.device) == (64, 8192, 512, 4, "cpu") else {}
+    print(f"# {args.preset} {args.resolution}x{args.resolution} cbase {args.cbase} cmax {args.cmax} batch "
+          f"{args.batch} on {args.device}, median of {args.repeats} after 1 warm-up; torch threads default, "
+          f"{os.cpu_count()} CPUs visible")
+    print(f"{'measure':<10} {'ours [s]':>9} {'official [s]*':>13} {'speed-up':>9} {'peak RSS [GB]':>14} "
+          f"{'CPU [s]':>8} {'load avg':>9}")
+    for name in [m.strip() for m in args.measures.split(",") if m.strip()]:
+        proc = subprocess.run(base + ["--only", name], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"{name:<10} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(line[len("RESULT "):])
+        results.append(r)
+        ref = baseline.get(name)
+        ratio = f"{ref / r['median_s']:.2f}x" if ref else "-"
+        load = "{:.0f}-{:.0f}".format(*r["loadavg_1min"])
+        print(f"{name:<10} {r['median_s']:>9.3f} {ref if ref else '-':>13} {ratio:>9} {r['peak_rss_gb']:>14.2f} "
+              f"{r['median_cpu_s']:>8.2f} {load:>9}", flush=True)
+    if baseline:
+        print(f"* official code, spec §i (measured elsewhere on a 2-core machine of this kind; peak RSS "
+              f"~{SPEC_BASELINE_PEAK_RSS_GB:.0f} GB over all measures)")
+    if results:
+        print(f"G params {results[0]['G_params']:,}  D params {results[0]['D_params']:,}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
