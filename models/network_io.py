@@ -522,10 +522,12 @@ def load_network(src: Union[str, os.PathLike, bytes]) -> Network:
             data = Path(src).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"network file not found: {where}") from None
-    if len(data) >= 2 and data[0] == 0x80:   # pickle PROTO opcode
-        return _load_official(data, where)
+    # Safetensors first: its u64 header length can start with byte 0x80 (a pickle's PROTO opcode), while
+    # a pickle's 9th byte is inside its frame length (0 for any real file), never "{".
     if len(data) >= 9 and data[8:9] == b"{":  # safetensors: u64 header length + JSON header
         return _load_ours(data, where)
+    if len(data) >= 2 and data[0] == 0x80:   # pickle PROTO opcode
+        return _load_official(data, where)
     raise NetworkFileError(f"{where}: neither a stylegan3-ray network (safetensors) nor a network pickle")
 
 
