@@ -86,6 +86,24 @@ def test_rayjob_runs_training_on_the_cluster(raycluster, rayjob):
     assert env["MLFLOW_TRACKING_URI"].startswith("http://")
 
 
+def _submit_commands(text: str) -> list[list[str]]:
+    """Every `python -m pipeline.train ...` command in a file's text (line continuations joined)."""
+    joined = re.sub(r"\\\s*\n\s*#?\s*", " ", text)
+    return [shlex.split(m.group(0))[3:] for m in re.finditer(r"python -m pipeline\.train[^\n]*", joined)]
+
+
+def test_documented_train_commands_parse(rayjob):
+    from pipeline.train import make_parser
+
+    commands = [shlex.split(rayjob["spec"]["entrypoint"])[3:]]
+    commands += _submit_commands((ROOT / "ray_cluster.yaml").read_text())
+    assert len(commands) >= 2
+    parser = make_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)  # argparse exits (SystemExit) on an unknown flag or a bad value
+        assert args.storage.startswith("s3://") and args.run_name, argv
+
+
 def test_manifests_hold_no_secrets():
     for path in [*KUBERAY.glob("*.yaml"), *MLFLOW.glob("*"), ROOT / "ray_cluster.yaml"]:
         text = path.read_text()
