@@ -1,0 +1,375 @@
+"""MLflow tracking and model registry for training runs (rank 0 only).
+
+- One MLflow run per training run, in an experiment named after the dataset (or `--experiment`).
+  A resumed run continues the SAME MLflow run: its id is kept in every checkpoint (`trainer.extra`).
+- Params: the whole resolved TrainConfig, flattened (`model.cbase`, `loss.gamma`, …), never credentials.
+- Metrics every tick, with `step` = images shown to D (cur_nimg; kimg = step / 1000, also logged as `kimg`,
+  since sub-kimg ticks of small runs would otherwise collapse onto one step).
+- At every snapshot: the fakes grid and config as artifacts, and the EMA generator registered as a new
+  version of NAME (pyfunc wrapper of our network file, see pipeline.pyfunc); the `champion` alias follows
+  the best quality metric (lower is better). `latest` is MLflow's own `models:/NAME/latest`, and our tools
+  also accept `models:/NAME@latest` for it (MLflow reserves `latest` as an alias name).
+- Tracking never kills training: every call goes through a background queue that retries with backoff
+  while the server is unreachable and catches up, in order, when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.training.callbacks import TrainCallbacks
+
+log = logging.getLogger("stylegan3.tracking")
+
+CHAMPION_ALIAS = "champion"
+LOWER_IS_BETTER = ("swd", "fid", "kid")  # quality metrics that pick the champion, in order of preference
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the embedded default `sqlite:///<cwd>/mlflow.db` (absolute, so Ray
+    workers with another working directory use the same file)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """For a sqlite store, artifacts go to `mlruns/` beside the database (not the caller's cwd)."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).parent / "mlruns")
+    return None
+
+
+def safe_params(flat: dict[str, Any]) -> dict[str, str]:
+    """Params for MLflow: values stringified, anything that looks like a credential dropped."""
+    out = {}
+    for k, v in flat.items():
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            continue
+        text = "" if v is None else str(v)
+        if "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
+            continue  # a URI with user:password@host
+        out[k] = text[:6000]
+    return out
+
+
+def dataset_name(data_uri: str | None) -> str:
+    """A short name for the dataset: the last path component of its URI, or 'emoji' for the demo set."""
+    if not data_uri or data_uri.startswith("demo:"):
+        return "emoji"
+    name = data_uri.rstrip("/").rsplit("/", 1)[-1] or "data"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
+
+
+def default_model_name(cfg) -> str:
+    """`stylegan3-<dataset>-<t|r>`."""
+    return f"stylegan3-{dataset_name(cfg.data.uri)}-{cfg.model.cfg.removeprefix('stylegan3-')}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class ResilientQueue:
+    """Runs MLflow calls in order on a background thread; retries each with backoff until it succeeds.
+
+    A call that fails with a client error (bad value, already exists) is dropped with a warning, since
+    retrying cannot help; any other failure (server down, timeouts, 5xx) is retried, and a warning says
+    how many calls are waiting.
+    """
+
+    def __init__(self, max_backoff: float = 30.0, warn_every: float = 30.0):
+        self._ops: deque[tuple[str, Callable[[], Any]]] = deque()
+        self._cv = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self.max_backoff = max_backoff
+        self.warn_every = warn_every
+        self.failures = 0  # consecutive failures of the call at the head
+        self._thread = threading.Thread(target=self._run, name="mlflow-queue", daemon=True)
+        self._thread.start()
+
+    def submit(self, what: str, fn: Callable[[], Any]) -> None:
+        with self._cv:
+            self._ops.append((what, fn))
+            self._cv.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._ops) + (1 if self._busy else 0)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every call went through (True) or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._ops or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.5))
+        return True
+
+    def close(self, timeout: float) -> bool:
+        done = self.flush(timeout)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        return done
+
+    def _run(self) -> None:
+        last_warn = 0.0
+        while True:
+            with self._cv:
+                while not self._ops and not self._closed:
+                    self._cv.wait()
+                if not self._ops:
+                    return
+                what, fn = self._ops[0]
+                self._busy = True
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+                if _is_client_error(exc):
+                    log.warning("MLflow refused %s (%s); skipping it", what, exc)
+                else:
+                    self.failures += 1
+                    now = time.monotonic()
+                    if now - last_warn > self.warn_every or self.failures == 1:
+                        last_warn = now
+                        log.warning("MLflow unreachable while doing %s (%s: %s); training goes on, %d "
+                                    "tracking call(s) waiting, retrying", what, type(exc).__name__,
+                                    str(exc).splitlines()[0][:200] if str(exc) else "", self.pending)
+                    with self._cv:
+                        self._busy = False
+                        self._cv.notify_all()
+                    time.sleep(min(self.max_backoff, 0.5 * 2 ** min(self.failures, 8)))
+                    continue
+            with self._cv:
+                if self.failures:
+                    log.warning("MLflow reachable again; catching up (%d call(s) left)", len(self._ops) - 1)
+                self.failures = 0
+                self._ops.popleft()
+                self._busy = False
+                self._cv.notify_all()
+
+
+def _is_client_error(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
+                                  "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE")
+    return isinstance(exc, (ValueError, TypeError, KeyError))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class MlflowCallbacks(TrainCallbacks):
+    """The training loop's tracking hook (pipeline.training.callbacks): runs, metrics, artifacts, registry."""
+
+    def __init__(self, cfg, uri: str | None = None):
+        # Our queue does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        import mlflow
+
+        self.cfg = cfg
+        self.uri = uri or tracking_uri()
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.queue = ResilientQueue()
+        self.run_id: str | None = None
+        self.model_name = cfg.run.model_name or default_model_name(cfg)
+        self.experiment = cfg.run.experiment or dataset_name(cfg.data.uri)
+        self.best: tuple[str, float] | None = None  # (metric, value) of the champion so far
+        self._staging = Path(tempfile.mkdtemp(prefix="sg3-mlflow-"))
+
+    # -- training hooks --------------------------------------------------------------------------
+    def on_start(self, trainer, resumed: bool) -> None:
+        run_id = trainer.extra.get("mlflow_run_id") if resumed else None
+        self.best = tuple(trainer.extra["mlflow_best"]) if trainer.extra.get("mlflow_best") else None
+        if run_id:
+            self.run_id = run_id
+            self.queue.submit("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
+            log.info("MLflow: continuing run %s", run_id)
+        else:
+            self.queue.submit("creating the run", lambda: self._create_run(trainer))
+            # Wait a little for the run id, so that the first checkpoint already carries it; an unreachable
+            # server only delays this, training starts regardless.
+            self.queue.flush(timeout=30)
+        self._record_run_id(trainer)
+
+    def on_tick(self, trainer, metrics: dict[str, Any]) -> None:
+        self._log_metrics(metrics, int(trainer.cur_nimg))
+
+    def on_snapshot(self, trainer, directory: str, metrics: dict[str, Any]) -> dict[str, float] | None:
+        self._record_run_id(trainer)
+        quality = self._compute_metrics(trainer, directory)
+        all_metrics = {**metrics, **quality}
+        if quality:
+            self._log_metrics(quality, int(trainer.cur_nimg))
+        snap = self._staging / f"snap-{int(trainer.cur_nimg):012d}"
+        snap.mkdir(parents=True, exist_ok=True)
+        from pipeline.training import checkpoint
+
+        for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE):
+            if (Path(directory) / name).exists():
+                shutil.copy2(Path(directory) / name, snap / name)
+        (snap / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        kimg = trainer.cur_nimg / 1000
+        self.queue.submit(f"snapshot artifacts at {kimg:g} kimg", lambda: self._log_snapshot(snap, kimg))
+        if (snap / checkpoint.NETWORK_FILE).exists():
+            self.queue.submit(f"registering the generator at {kimg:g} kimg",
+                              lambda: self._register(snap, kimg, all_metrics, trainer.extra))
+        return quality or None
+
+    def on_end(self, trainer) -> None:
+        self.queue.submit("closing the run", lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+        done = self.queue.close(timeout=float(os.environ.get("SG3_TRACKING_FLUSH_S", "300")))
+        self._record_run_id(trainer)
+        if not done:
+            log.warning("MLflow: %d tracking call(s) could not be delivered before the end of training; "
+                        "the checkpoints are complete and hold the run id", self.queue.pending)
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _record_run_id(self, trainer) -> None:
+        if self.run_id:
+            trainer.extra["mlflow_run_id"] = self.run_id
+        if self.best:
+            trainer.extra["mlflow_best"] = list(self.best)
+
+    def _create_run(self, trainer) -> None:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            root = _local_artifact_root(self.uri)
+            exp_id = self.client.create_experiment(
+                self.experiment, artifact_location=f"{root}/{self.experiment}" if root else None)
+        else:
+            exp_id = exp.experiment_id
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            pkg = version("stylegan3-ray")
+        except PackageNotFoundError:
+            pkg = "unknown"
+        import torch
+
+        tags = {"stylegan3.package_version": pkg, "stylegan3.cfg": self.cfg.model.cfg,
+                "stylegan3.device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "stylegan3.dataset": self.cfg.data.uri or "demo:emoji",
+                "mlflow.runName": self.cfg.run.run_name or "stylegan3"}
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        if job := os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"):
+            tags["ray.job_id"] = job
+        if sha := trainer.extra.get("dataset_manifest_sha256"):
+            tags["stylegan3.dataset_manifest_sha256"] = sha
+        run = self.client.create_run(exp_id, tags=tags)
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in safe_params(self.cfg.flatten()).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.run_id = run.info.run_id
+        log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k.replace("/", "."), float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and v == v]
+        if batch:
+            self.queue.submit(f"metrics at step {step}", lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def _log_snapshot(self, snap: Path, kimg: float) -> None:
+        from pipeline.training import checkpoint
+
+        if (snap / checkpoint.GRID_FILE).exists():
+            self.client.log_artifact(self.run_id, str(snap / checkpoint.GRID_FILE), f"grids/{kimg:09.3f}kimg")
+        self.client.log_artifact(self.run_id, str(snap / "config.json"))
+
+    def _register(self, snap: Path, kimg: float, metrics: dict[str, Any], extra: dict) -> None:
+        version = register_generator(self.client, self.run_id, snap / "network.safetensors", self.model_name,
+                                     kimg=kimg, metrics=metrics,
+                                     manifest_sha256=extra.get("dataset_manifest_sha256"))
+        quality = next(((m, float(metrics[m])) for m in LOWER_IS_BETTER if m in metrics), None)
+        if quality and (self.best is None or (quality[0] == self.best[0] and quality[1] < self.best[1])):
+            self.best = quality
+            self.client.set_registered_model_alias(self.model_name, CHAMPION_ALIAS, version)
+        shutil.rmtree(snap, ignore_errors=True)
+
+    def _compute_metrics(self, trainer, directory: str) -> dict[str, float]:
+        names = list(self.cfg.run.metrics)
+        if not names:
+            return {}
+        try:
+            from pipeline.metrics import compute_metrics
+        except ImportError:
+            log.warning("metrics %s requested but pipeline.metrics is not available", names)
+            return {}
+        return {k: float(v) for k, v in compute_metrics(trainer.G_ema, names, data_uri=self.cfg.data.uri).items()
+                if v is not None}
+
+
+def make_callbacks(cfg) -> MlflowCallbacks:
+    """Factory named by `TrainConfig.run.callbacks = "pipeline.tracking:make_callbacks"`."""
+    return MlflowCallbacks(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def register_generator(client, run_id: str, network_file: str | os.PathLike, name: str, kimg: float,
+                       metrics: dict[str, Any] | None = None, manifest_sha256: str | None = None) -> str:
+    """Log the network file as a pyfunc model under the run and register it as a new version of `name`.
+
+    Returns the new version (as a string). The version's tags carry kimg, the dataset manifest hash and
+    the run's metrics at that kimg.
+    """
+    import mlflow
+
+    from pipeline.pyfunc import save_pyfunc
+
+    artifact_path = f"generator-{kimg:09.3f}kimg"
+    with tempfile.TemporaryDirectory(prefix="sg3-pyfunc-") as tmp:
+        model_dir = save_pyfunc(network_file, Path(tmp) / "model",
+                                metadata={"kimg": kimg, "dataset_manifest_sha256": manifest_sha256 or ""})
+        client.log_artifacts(run_id, str(model_dir), artifact_path)
+    try:
+        client.create_registered_model(name, description="StyleGAN3 EMA generator (stylegan3-ray)")
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {"kimg": f"{kimg:g}"}
+    if manifest_sha256:
+        tags["dataset_manifest_sha256"] = manifest_sha256
+    for k, v in (metrics or {}).items():
+        if isinstance(v, (int, float)):
+            tags[f"metric.{k.replace('/', '.')}"] = f"{float(v):.6g}"
+    run = client.get_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    return str(mv.version)
