@@ -249,7 +249,8 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 def _maybe_fault(rank: int, cur_nimg: int) -> None:
     """Fault injection for the recovery test: STYLEGAN3_FAULT="RANK:NIMG:MARKER" makes worker RANK exit
-    abruptly once cur_nimg ≥ NIMG, if the MARKER file does not exist yet (it is created first)."""
+    abruptly after the step that reaches cur_nimg ≥ NIMG, if the MARKER file does not exist yet (it is
+    created first, so the fault happens once)."""
     spec = os.environ.get("STYLEGAN3_FAULT")
     if not spec:
         return
@@ -300,9 +301,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
     done = trainer.cur_nimg >= total_nimg
     while not done:
-        _maybe_fault(rank, trainer.cur_nimg)
         batch = next(batches)
         trainer.step(batch["img"], batch["c"])
+        _maybe_fault(rank, trainer.cur_nimg)
         trainer.data_epoch = trainer.cur_nimg // pass_images
         done = trainer.cur_nimg >= total_nimg
         if not done and trainer.cur_nimg < tick_start_nimg + s.tick * 1000:

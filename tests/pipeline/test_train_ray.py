@@ -96,8 +96,8 @@ def test_worker_killed_mid_run_is_restarted_from_last_checkpoint(ray_local, tiny
     record, marker = tmp_path / "record.jsonl", tmp_path / "fault-done"
     cfg, info = prepare(tiny_config(tiny_shards, str(tmp_path / "runs"), "fault", run={"max_failures": 1},
                                     schedule={"kimg": 0.024}))
-    # Rank 1 exits abruptly once 8 images are done (after the first checkpoint), once.
-    env = {"STYLEGAN3_TEST_RECORD": str(record), "STYLEGAN3_FAULT": f"1:8:{marker}"}
+    # Rank 1 exits abruptly after the second step (one step after the first checkpoint, at 8 images), once.
+    env = {"STYLEGAN3_TEST_RECORD": str(record), "STYLEGAN3_FAULT": f"1:16:{marker}"}
     result = fit(cfg, info, env_vars=env, progress=False)
     assert marker.exists(), "the fault was not injected"
     assert result.error is None
