@@ -28,10 +28,14 @@ def build_from_config(config: NetworkConfig, device: Union[str, torch.device, No
     shape-only networks; filter buffers are designed on the CPU and moved there)."""
     if device is not None and torch.device(device).type == "meta":
         with torch.device("meta"):
-            return Generator(config.G), Discriminator(config.D)
-    G, D = Generator(config.G), Discriminator(config.D)
-    if device is not None:
-        G, D = G.to(device), D.to(device)
+            G, D = Generator(config.G), Discriminator(config.D)
+    else:
+        G, D = Generator(config.G), Discriminator(config.D)
+        if device is not None:
+            G, D = G.to(device), D.to(device)
+    # The whole description (with the preset name) travels with the modules, so that
+    # save_network(G=..., D=...) without an explicit config records it.
+    G.network_config = D.network_config = config
     return G, D
 
 
@@ -41,7 +45,7 @@ def build(preset: str, resolution: int, batch_size: int = DEFAULT_BATCH_SIZE,
 
     overrides: channel_base, channel_max (before R's doubling, like --cbase/--cmax), map_depth, c_dim,
     img_channels, z_dim, w_dim, conv_clamp, num_fp16_res, magnitude_ema_beta, mbstd_group_size, fp32, ...
-    (see models.config.build_config). The config is available as G.cfg / D.cfg.
+    (see models.config.build_config). G.cfg / D.cfg hold the per-network configs, G.network_config / D.network_config the whole NetworkConfig.
     """
     return build_from_config(build_config(preset, resolution, batch_size=batch_size, **overrides), device=device)
 

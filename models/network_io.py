@@ -74,6 +74,10 @@ def network_to_bytes(G: Optional[torch.nn.Module] = None, D: Optional[torch.nn.M
     if not present:
         raise ValueError("save_network: nothing to save (G, D and G_ema are all None)")
     if config is None:
+        attached = {getattr(m, "network_config", None) for m in present.values()}
+        if len(attached) == 1 and None not in attached:
+            config = attached.pop()
+    if config is None:
         g_cfg = next((_module_config(m, k) for k, m in present.items() if k != "D"), GeneratorConfig())
         d_cfg = _module_config(D, "D") if D is not None else DiscriminatorConfig()
         config = NetworkConfig(preset="custom", G=g_cfg, D=d_cfg)
@@ -145,6 +149,7 @@ def _load_ours(data: bytes, where: str) -> Network:
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         _load_state_dict_checked(module, sd, f"{where} [{name}]")
         setattr(net, name, module.eval().requires_grad_(False))
+        module.network_config = config
     return net
 
 
@@ -503,6 +508,9 @@ def _load_official(data: bytes, where: str) -> Network:
     d_cfg = d_cfg or DiscriminatorConfig(img_resolution=g_cfg.img_resolution, img_channels=g_cfg.img_channels,
                                          c_dim=g_cfg.c_dim)
     net.config = NetworkConfig(preset=_guess_preset(g_cfg), G=g_cfg, D=d_cfg)
+    for module in (net.G, net.D, net.G_ema):
+        if module is not None:
+            module.network_config = net.config
     return net
 
 

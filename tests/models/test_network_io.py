@@ -49,9 +49,9 @@ def test_our_format_round_trip_bit_exact(tmp_path):
         _assert_same_state(a, b)
     assert not any(p.requires_grad for p in net.G.parameters()) and not net.G.training
     # Same file contents through bytes; only G_ema saved -> G and D are None.
-    blob = models.network_to_bytes(G_ema=G_ema, config=cfg)
+    blob = models.network_to_bytes(G_ema=G_ema)           # config travels with the modules
     only = models.load_network(blob)
-    assert only.G is None and only.D is None
+    assert only.G is None and only.D is None and only.config == cfg and only.config.preset == "stylegan3-r"
     _assert_same_state(G_ema, only.G_ema)
     z, c = torch.randn(2, 8), torch.eye(2)
     with torch.no_grad():
