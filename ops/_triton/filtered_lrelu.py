@@ -85,9 +85,26 @@ def _flrelu_kernel(
     Stage 2 ("down"): Out[o] = Σ_t A[t] · h2[t − o·A2 − c2]
     per axis; h1/h2 are [R, T] stacks of rank-1 factors (y factors, x factors), summed over R.
     """
-    pid_nc = tl.program_id(0)
-    tile_y = tl.program_id(1)
-    tile_x = tl.program_id(2)
+    # Index arithmetic in int64: it cannot overflow for large N·C·H·W, and the interpreter skips its (costly)
+    # int32 overflow checks for 64-bit integers.
+    pid_nc = tl.program_id(0).to(tl.int64)
+    tile_y = tl.program_id(1).to(tl.int64)
+    tile_x = tl.program_id(2).to(tl.int64)
+    # (adding an int64 zero rather than `.to`: an int argument equal to 1 is specialised to a constexpr on GPU)
+    zero64 = pid_nc * 0
+    in_h = in_h + zero64
+    in_w = in_w + zero64
+    out_h = out_h + zero64
+    out_w = out_w + zero64
+    code_h = code_h + zero64
+    code_w = code_w + zero64
+    code_stride = code_stride + zero64
+    c1y = c1y + zero64
+    c1x = c1x + zero64
+    c2y = c2y + zero64
+    c2x = c2x + zero64
+    bo_y = bo_y + zero64
+    bo_x = bo_x + zero64
     cdt = h1y_ptr.dtype.element_ty  # compute dtype: float32 or float64
 
     # Block origins at the output rate, the intermediate (upsampled) rate and the input rate.
@@ -99,15 +116,15 @@ def _flrelu_kernel(
     m0y = FLOOR_BIAS - (c1y - t0y + A1Y * FLOOR_BIAS) // A1Y
     m0x = FLOOR_BIAS - (c1x - t0x + A1X * FLOOR_BIAS) // A1X
 
-    ky = tl.arange(0, BTY)
-    kx = tl.arange(0, BTX)
-    my = m0y + tl.arange(0, BMY)
-    mx = m0x + tl.arange(0, BMX)
-    oy = tl.arange(0, BOY)
-    ox = tl.arange(0, BOX)
+    ky = tl.arange(0, BTY).to(tl.int64)
+    kx = tl.arange(0, BTX).to(tl.int64)
+    my = m0y + tl.arange(0, BMY).to(tl.int64)
+    mx = m0x + tl.arange(0, BMX).to(tl.int64)
+    oy = tl.arange(0, BOY).to(tl.int64)
+    ox = tl.arange(0, BOX).to(tl.int64)
 
     # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, spec §c.3 step 1)
-    plane_in = pid_nc.to(tl.int64) * in_h * in_w
+    plane_in = pid_nc * in_h * in_w
     in_mask = ((my >= 0) & (my < in_h))[:, None] & ((mx >= 0) & (mx < in_w))[None, :]
     x = tl.load(in_ptr + plane_in + my[:, None] * in_w + mx[None, :], mask=in_mask, other=0.0).to(cdt)
     if HAS_BIAS:
@@ -134,7 +151,7 @@ def _flrelu_kernel(
         in_code = ((ty >= 0) & (ty < code_h))[:, None] & ((tx >= 0) & (tx < code_w))[None, :]
         tyc = tl.where((ty >= 0) & (ty < code_h), ty, 0)
         txc = tl.where((tx >= 0) & (tx < code_w), tx, 0)
-        plane_code = pid_nc.to(tl.int64) * code_h * code_stride
+        plane_code = pid_nc * code_h * code_stride
         byte = tl.load(codes_ptr + plane_code + tyc[:, None] * code_stride + (txc // 4)[None, :],
                        mask=in_code, other=0).to(tl.int32)
         code = (byte >> ((txc % 4) * 2)[None, :]) & 3
@@ -156,8 +173,8 @@ def _flrelu_kernel(
             own = (ky < own_h)[:, None] & (kx < own_w)[None, :]
             code = tl.where(own, code, 0) << ((kx % 4) * 2)[None, :]
             packed = tl.sum(tl.reshape(code, (BTY, BTX // 4, 4)), axis=2).to(tl.uint8)
-            jb = tl.arange(0, BTX // 4)
-            plane_code = pid_nc.to(tl.int64) * code_h * code_stride
+            jb = tl.arange(0, BTX // 4).to(tl.int64)
+            plane_code = pid_nc * code_h * code_stride
             # t0x is a multiple of 4 (the launcher picks bo_x·A2X ≡ 0 mod 4 and c2x = 0 in this mode).
             tl.store(codes_ptr + plane_code + ty[:, None] * code_stride + (t0x // 4 + jb)[None, :], packed,
                      mask=(ky < own_h)[:, None] & (jb * 4 < own_w)[None, :])
@@ -177,7 +194,7 @@ def _flrelu_kernel(
     gy = o0y + oy
     gx = o0x + ox
     out_mask = ((oy < bo_y) & (gy < out_h))[:, None] & ((ox < bo_x) & (gx < out_w))[None, :]
-    plane_out = pid_nc.to(tl.int64) * out_h * out_w
+    plane_out = pid_nc * out_h * out_w
     tl.store(out_ptr + plane_out + gy[:, None] * out_w + gx[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
@@ -279,7 +296,8 @@ class _Plan:
         self.code_w = (out_w - 1) * down + td_x
         self.code_stride = -(-self.code_w // 16) * 4
         self.gain, self.slope, self.clamp = float(gain), float(slope), clamp
-        self.max_dim = max_dim
+        # Largest register block side: big blocks under the interpreter (per-op overhead dominates).
+        self.max_dim = max_dim or (128 if _interpreting() else 64)
         self.cdtype = cdtype
         uy, ux = _factor_filter(fu, flip_filter, x.device, cdtype)
         dy, dx = _factor_filter(fd, flip_filter, x.device, cdtype)
@@ -387,9 +405,8 @@ def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, f
         raise ValueError(f"filtered_lrelu: the Triton path needs gain > 0, got {gain}")
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[1]):
         raise ValueError(f"filtered_lrelu: b must be [{x.shape[1]}], got shape {tuple(b.shape)}")
-    max_dim = _max_dim or (128 if _interpreting() else 64)
     plan = _Plan(x, fu, fd, int(up), int(down), [int(p) for p in padding], gain, slope, clamp, bool(flip_filter),
-                 max_dim)
+                 _max_dim)
     want_codes = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
     if b is not None:
         b = b.contiguous()
