@@ -172,7 +172,9 @@ def test_serve_endpoint(tmp_path, monkeypatch, tiny_G):
     tracking.register_generator(client, run.info.run_id, net, "serve-c", kimg=1.0)
 
     port = services.free_port()
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    os_env = __import__("os").environ
+    # mlflow execs `uvicorn` by name: the venv's bin/ must be on PATH even when it is not activated.
+    env = {**os_env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os_env['PATH']}"}
     proc = subprocess.Popen([services.venv_bin("mlflow"), "models", "serve", "-m", "models:/serve-c/1",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                             env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
