@@ -1,0 +1,64 @@
+"""TrainConfig and the `python -m pipeline.train` flags: derived values, round trips, validation, the frozen
+flag list (flags change only on purpose), all without a cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.train import DEMO_ARGS, config_from_args, main, make_parser
+from pipeline.training.config import ConfigError, TrainConfig
+
+FLAGS = ["--aug", "--batch", "--batch-per-worker", "--cbase", "--cfg", "--cmax", "--cond", "--cpus-per-worker",
+         "--data", "--dlr", "--experiment", "--gamma", "--glr", "--keep", "--kimg", "--map-depth", "--max-failures",
+         "--mbstd-group", "--metrics", "--mirror", "--model-name", "--p", "--resume", "--run-name", "--seed",
+         "--snap", "--storage", "--target", "--tick", "--tracking", "--use-gpu", "--workers"]
+
+
+def test_flag_list_is_frozen_and_every_flag_is_explained():
+    parser = make_parser()
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert sorted(a.option_strings[0] for a in actions) == FLAGS
+    assert all(a.help and len(a.help) > 10 for a in actions)
+
+
+def test_resolved_values_follow_the_official_train_py():
+    cfg = TrainConfig().replace(schedule={"batch": 64}).resolved(resolution=256, img_channels=3, c_dim=0)
+    assert cfg.optim.glr == 0.0025 and cfg.optim.dlr == 0.002
+    assert cfg.schedule.ema_kimg == 20 and cfg.schedule.ema_rampup == 0.05  # batch·10/32
+    assert cfg.loss.gamma == 2 and cfg.loss.blur_init_sigma == 0  # T: no blur
+    assert cfg.aug.ada_kimg == 500 and cfg.chunk == 64
+    r = TrainConfig().replace(model={"cfg": "stylegan3-r"}).resolved(resolution=512)
+    assert r.loss.blur_init_sigma == 10 and r.loss.blur_fade_kimg == 200 and r.loss.gamma == 8
+    tuned = TrainConfig().replace(model={"cfg": "stylegan3-r"}, run={"resume": "x.pkl"}).resolved(resolution=64)
+    assert tuned.aug.ada_kimg == 100 and tuned.schedule.ema_rampup is None and tuned.loss.blur_init_sigma == 0
+
+
+def test_round_trip_and_flatten():
+    cfg = config_from_args(make_parser().parse_args(DEMO_ARGS + ["--data", "s3://b/d", "--metrics", "eqt,swd"]))
+    cfg = cfg.resolved(resolution=32)
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    flat = cfg.flatten()
+    assert flat["model.cbase"] == 1024 and flat["run.metrics"] == "eqt,swd" and flat["data.uri"] == "s3://b/d"
+    assert all("." in k for k in flat)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig.from_dict({"model": {"cbse": 1}})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "x", "--batch", "12", "--workers", "8"], "not divisible by --workers 8"),
+    (["--data", "x", "--batch", "8", "--workers", "4"], "minibatch-std group 4"),
+    (["--data", "x", "--batch", "32", "--batch-per-worker", "12"], "not divisible by --batch-per-worker 12"),
+    (["--data", "x", "--p", "1.5", "--aug", "fixed"], "--p 1.5"),
+])
+def test_cli_refuses_bad_flags_with_one_sentence(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and err.count("\n") == 0
+
+
+def test_missing_data_is_refused_before_cluster_work(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nothing")]) == 2
+    assert "manifest.json" in capsys.readouterr().err
