@@ -186,16 +186,16 @@ def _flrelu_kernel(
     ix2_ok = (ix2 >= 0) & (ix2 < T2X)
     acc = tl.zeros((BOY, BOX), dtype=cdt)
     for r in range(R2):
-        hy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
-        hxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
-        ar = tl.dot(a, hxt, input_precision="ieee")  # [BTY, BOX]
-        acc += tl.dot(hy, ar, input_precision="ieee")  # [BOY, BOX]
+        gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
+        gxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
+        ar = tl.dot(a, gxt, input_precision="ieee")  # [BTY, BOX]
+        acc += tl.dot(gy, ar, input_precision="ieee")  # [BOY, BOX]
 
-    gy = o0y + oy
-    gx = o0x + ox
-    out_mask = ((oy < bo_y) & (gy < out_h))[:, None] & ((ox < bo_x) & (gx < out_w))[None, :]
+    py = o0y + oy
+    px = o0x + ox
+    out_mask = ((oy < bo_y) & (py < out_h))[:, None] & ((ox < bo_x) & (px < out_w))[None, :]
     plane_out = pid_nc * out_h * out_w
-    tl.store(out_ptr + plane_out + gy[:, None] * out_w + gx[None, :],
+    tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -215,28 +215,30 @@ def _factor_filter(f: torch.Tensor | None, flip_filter: bool, device, cdtype):
 
     g is `f` flipped on every axis unless `flip_filter` (true convolution, spec §c.2). None -> identity [[1]].
     1-D [T] (separable: along x, then y) -> R = 1. 2-D [fh, fw] -> SVD, dropping singular values below
-    1e-10 of the largest. The 2-D factorisation is cached per filter tensor object (filters are fixed buffers)
-    so a CUDA filter costs one host round-trip the first time only.
+    1e-10 of the largest. Results are cached per filter tensor object and version (filters are fixed buffers),
+    so a CUDA filter costs one host round-trip (the SVD) the first time only.
     """
     if f is None:
         one = torch.ones(1, 1, dtype=cdtype, device=device)
         return one, one
-    if f.ndim == 1:
-        g = (f if flip_filter else f.flip(0)).to(device=device, dtype=cdtype).reshape(1, -1).contiguous()
-        return g, g
     key = (id(f), flip_filter, str(device), cdtype)
+    version = None if f.is_inference() else f._version
     hit = _factor_cache.get(key)
-    if hit is not None and hit[0]() is f and hit[1] == f._version:
+    if hit is not None and hit[0]() is f and hit[1] == version:
         return hit[2], hit[3]
-    g = (f if flip_filter else f.flip([0, 1])).detach().to(device="cpu", dtype=torch.float64)
-    u, s, vh = torch.linalg.svd(g)
-    keep = max(1, int((s > s[0] * _SVD_REL_TOL).sum()))
-    root = s[:keep].sqrt()
-    hy = (u[:, :keep] * root).T.contiguous().to(device=device, dtype=cdtype)
-    hx = (vh[:keep] * root[:, None]).contiguous().to(device=device, dtype=cdtype)
+    if f.ndim == 1:
+        hy = hx = (f if flip_filter else f.flip(0)).detach().to(device=device, dtype=cdtype).reshape(1, -1)
+    else:
+        g = (f if flip_filter else f.flip([0, 1])).detach().to(device="cpu", dtype=torch.float64)
+        u, s, vh = torch.linalg.svd(g)
+        keep = max(1, int((s > s[0] * _SVD_REL_TOL).sum()))
+        root = s[:keep].sqrt()
+        hy = (u[:, :keep] * root).T.to(device=device, dtype=cdtype)
+        hx = (vh[:keep] * root[:, None]).to(device=device, dtype=cdtype)
+    hy, hx = hy.contiguous(), hx.contiguous()
     if len(_factor_cache) > 256:
         _factor_cache.clear()
-    _factor_cache[key] = (weakref.ref(f), f._version, hy, hx)
+    _factor_cache[key] = (weakref.ref(f), version, hy, hx)
     return hy, hx
 
 

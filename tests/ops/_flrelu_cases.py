@@ -240,8 +240,8 @@ def _ops_reference():
     return filtered_lrelu
 
 
-def check_gradcheck(name: str, size: int, clamp):
-    """gradcheck and gradgradcheck in float64 through the kernel (x and b), at ≤ 64 input elements."""
+def check_gradcheck(name: str, size: int, clamp, second_order: bool = True):
+    """gradcheck (and gradgradcheck) in float64 through the kernel (x and b), at ≤ 64 input elements."""
     from ops._triton.filtered_lrelu import filtered_lrelu_triton
 
     _, up, down, fus, fds, pad, gain, slope, _ = CASES[name]
@@ -259,7 +259,8 @@ def check_gradcheck(name: str, size: int, clamp):
         v = pre_activation(x, fu, b, up, pad, False)
         assert (_ref_codes(v, gain, slope, clamp) == 2).any(), "clamp not engaged"
     assert torch.autograd.gradcheck(fn, (x, b), eps=1e-6, atol=1e-6)
-    assert torch.autograd.gradgradcheck(fn, (x, b), eps=1e-6, atol=1e-6)
+    if second_order:
+        assert torch.autograd.gradgradcheck(fn, (x, b), eps=1e-6, atol=1e-6)
 
 
 def check_errors():

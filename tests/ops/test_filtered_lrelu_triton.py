@@ -90,10 +90,15 @@ def test_flip_filter_with_asymmetric_filters(worker, name):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name,size,clamp", [("T-L0", 4, 0.5), ("R-L0", 4, None), ("up2-down4", 8, 0.5),
-                                             ("ToRGB", 4, 1.0)])
-def test_gradcheck_gradgradcheck(worker, name, size, clamp):
-    worker.run(f"check_gradcheck({name!r}, {size}, {clamp!r})")
+@pytest.mark.parametrize("name,size,clamp,second_order", [
+    ("T-L0", 4, 0.5, True),  # separable (2,2), clamp engaged
+    ("R-L0", 4, None, True),  # radial 2-D down filter: stage 2 forward, stage 1 of the backward
+    ("up2-down4", 8, 0.5, False),  # 2-D up filter, (2,4); 64 elements, first order only (interpreter time)
+    ("ToRGB", 4, 1.0, True),  # no filters, linear, clamp engaged
+])
+def test_gradcheck_gradgradcheck(worker, name, size, clamp, second_order):
+    """Float64 gradcheck (and gradgradcheck: the backward's own backward is the coded forward) through the kernel."""
+    worker.run(f"check_gradcheck({name!r}, {size}, {clamp!r}, second_order={second_order})")
 
 
 def test_argument_errors(worker):
