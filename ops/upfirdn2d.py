@@ -4,9 +4,11 @@ Per channel, in this order: insert ``up - 1`` zeros after each sample; pad by ``
 values crop); convolve in "valid" mode with the filter (true convolution unless ``flip_filter``); keep every
 ``down``-th sample starting at index 0. Output size per axis: ``(in * up + p0 + p1 - taps) // down + 1``.
 
-The reference path here is polyphase: upsampling is a strided transposed depthwise convolution (it multiplies
-only the non-zero samples), filter + decimate is a strided depthwise convolution (it computes only the kept
-outputs), and a separable filter runs as two 1-D passes.
+The reference path here is polyphase: upsampling is one grouped convolution per pass that computes every output
+phase from the real samples only (never the inserted zeros), filter + decimate is a strided depthwise convolution
+(it computes only the kept outputs), and a separable filter runs as two 1-D passes. Its gradient is the adjoint
+upfirdn2d through the same code (spec §c.2), because PyTorch's CPU transposed convolutions (what autograd would
+use for the gradient of a strided convolution) are several times slower than these.
 """
 
 from __future__ import annotations
@@ -120,67 +122,116 @@ def adjoint_padding(in_h: int, in_w: int, out_h: int, out_w: int, fw: int, fh: i
             fh - py0 - 1, in_h * up - out_h * down + py0 - up + 1]
 
 
-def _transposed_range(n: int, up: int, taps: int, p0: int, p1: int) -> tuple[int, int, int, int]:
-    """For one axis of the polyphase upsampling pass: the input samples ``[lo, hi)`` that reach the output and the
-    ``(before, after)`` padding (negative = crop) that turns the full transposed convolution of ``x[lo:hi]`` into
-    the padded, filtered signal.
+def _pad_axis(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    """Zero-pad (positive) or crop (negative) ``x`` along ``dim``, also when the crop passes the whole signal."""
+    n = x.shape[dim]
+    lo, hi = max(0, -before), min(n, n + after)
+    length = n + before + after
+    if lo >= hi:  # nothing of the signal survives: all padding
+        shape = list(x.shape)
+        shape[dim] = length
+        return x.new_zeros(shape)
+    x = x.narrow(dim, lo, hi - lo)
+    pads = [0, 0] * (x.ndim - 1 - dim) + [max(0, before), max(0, after)]
+    return F.pad(x, pads)
 
-    The full transposed convolution ``t[j] = sum_k x[k] h[j - k*up]`` (``h`` the filter in true-convolution
-    orientation) equals the valid correlation of the zero-inserted, padded signal at index ``j - (taps-1) + p0``.
+
+def _phase_axis(n: int, up: int, taps: int, p0: int, p1: int) -> tuple[int, int, int, int, int]:
+    """Polyphase bookkeeping for upsampling along one axis.
+
+    The padded, zero-inserted signal filtered in valid mode is ``c[i] = sum_k x[k] h[m - k*up]`` with
+    ``m = i + taps - 1 - p0`` and ``h`` the filter in true-convolution orientation. Writing ``m = q*up + r``,
+    ``c[i] = sum_s x[q - s] h[s*up + r]``: for each phase ``r`` an ordinary convolution of ``x`` with every
+    ``up``-th tap (``L = ceil(taps / up)`` of them), evaluated at ``q``. Returns ``(L, pad_before, pad_after,
+    offset, length)``: pad ``x`` by these, convolve (valid) to get ``q`` in ``[q_lo, q_hi)`` for every phase,
+    interleave phases, and the outputs are ``length`` samples starting at ``offset``.
     """
-    length = n * up + p0 + p1 - taps + 1            # outputs before decimation
-    j_start = taps - 1 - p0                          # first needed index of the full transposed output
-    lo = max(0, -(p0 // up))                         # sample k touches j in [k*up, k*up + taps - 1]
-    hi = min(n, (j_start + length - 1) // up + 1)
-    if lo >= hi:
-        return 0, 0, 0, 0
-    full = (hi - lo - 1) * up + taps
-    before = -(j_start - lo * up)
-    return lo, hi, before, length - full - before
+    length = n * up + p0 + p1 - taps + 1
+    phase_taps = -(-taps // up)
+    m0 = taps - 1 - p0
+    q_lo, q_hi = m0 // up, -(-(m0 + length) // up)
+    return phase_taps, phase_taps - 1 - q_lo, q_hi - n, m0 - q_lo * up, length
 
 
-def _polyphase_pass(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
-                    padding: list[int], flip_filter: bool) -> torch.Tensor:
+def _pass(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int], padding: list[int],
+          flip_filter: bool) -> torch.Tensor:
     """One depthwise pass with a 2-D kernel ``k [kh, kw]`` (``[1, taps]``/``[taps, 1]`` for a 1-D pass of a
     separable filter), factors ``up = (uy, ux)``, ``down = (dy, dx)``, ``padding = [x0, x1, y0, y1]``."""
-    n, c, h, w = x.shape
+    c = x.shape[1]
     kh, kw = k.shape
     (uy, ux), (dy, dx) = up, down
     px0, px1, py0, py1 = padding
     if uy == 1 and ux == 1:
         # Filter + decimate: a strided correlation computes only the kept outputs.
         g = k if flip_filter else k.flip([0, 1])
-        x = F.pad(x, [px0, px1, py0, py1])
+        x = _pad_axis(_pad_axis(x, 3, px0, px1), 2, py0, py1)
         return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), stride=(dy, dx), groups=c)
-    # Zero-insert + pad + filter: a transposed convolution with stride `up` multiplies only the non-zero samples.
-    hk = k.flip([0, 1]) if flip_filter else k
-    ylo, yhi, ya, yb = _transposed_range(h, uy, kh, py0, py1)
-    xlo, xhi, xa, xb = _transposed_range(w, ux, kw, px0, px1)
-    out_h = h * uy + py0 + py1 - kh + 1
-    out_w = w * ux + px0 + px1 - kw + 1
-    if ylo >= yhi or xlo >= xhi:
-        # No input sample reaches the output (it lies entirely in the padding): zeros, still attached to x.
-        return F.pad(x[:, :, :0, :0], [0, (out_w - 1) // dx + 1, 0, (out_h - 1) // dy + 1])
-    x = x[:, :, ylo:yhi, xlo:xhi]
-    y = F.conv_transpose2d(x, hk[None, None].repeat(c, 1, 1, 1), stride=(uy, ux), groups=c)
-    y = F.pad(y, [xa, xb, ya, yb])
-    if dy > 1 or dx > 1:
-        y = y[:, :, ::dy, ::dx]
-    return y
+    # Zero-insert + pad + filter, polyphase: one grouped conv computes all uy*ux phases (never touching the
+    # inserted zeros), then the phases are interleaved.
+    h = k.flip([0, 1]) if flip_filter else k
+    ly, ya, yb, yoff, ylen = _phase_axis(x.shape[2], uy, kh, py0, py1)
+    lx, xa, xb, xoff, xlen = _phase_axis(x.shape[3], ux, kw, px0, px1)
+    hp = h.new_zeros(ly * uy, lx * ux)
+    hp[:kh, :kw] = h
+    # phase ry*ux + rx = hp[ry::uy, rx::ux], flipped for correlation; one plain depthwise conv per phase
+    # (PyTorch's CPU depthwise path is much faster than a grouped conv with several outputs per group)
+    w = hp.view(ly, uy, lx, ux).permute(1, 3, 0, 2).flip([2, 3]).reshape(uy * ux, 1, 1, ly, lx)
+    x = _pad_axis(_pad_axis(x, 3, xa, xb), 2, ya, yb)
+    y = torch.stack([F.conv2d(x, wp.repeat(c, 1, 1, 1), groups=c) for wp in w], dim=2)  # [N, C, phase, qy, qx]
+    n, _, _, qy, qx = y.shape
+    y = y.view(n, c, uy, ux, qy, qx).permute(0, 1, 4, 2, 5, 3).reshape(n, c, qy * uy, qx * ux)
+    return y[:, :, yoff:yoff + ylen:dy, xoff:xoff + xlen:dx]
 
 
-def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
-                  flip_filter: bool, gain: float) -> torch.Tensor:
-    """Reference upfirdn2d (arguments already validated); gradients by autograd to any order."""
+def upfirdn2d_compute(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
+                      flip_filter: bool, gain: float) -> torch.Tensor:
+    """The reference forward value (arguments validated), no autograd bookkeeping of its own."""
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
     px0, px1, py0, py1 = padding
     if f.ndim == 2:
-        return _polyphase_pass(x, f, (up, up), (down, down), padding, flip_filter)
+        return _pass(x, f, (up, up), (down, down), padding, flip_filter)
     # Separable: along x, then along y (spec §c.2), each with sqrt(gain).
-    x = _polyphase_pass(x, f[None, :], (1, up), (1, down), [px0, px1, 0, 0], flip_filter)
-    return _polyphase_pass(x, f[:, None], (up, 1), (down, 1), [0, 0, py0, py1], flip_filter)
+    x = _pass(x, f[None, :], (1, up), (1, down), [px0, px1, 0, 0], flip_filter)
+    return _pass(x, f[:, None], (up, 1), (down, 1), [0, 0, py0, py1], flip_filter)
+
+
+def adjoint_function(forward_value, name: str) -> type:
+    """An autograd Function ``apply(x, f, up, down, padding, flip_filter, gain)`` whose forward is
+    ``forward_value`` (same arguments) and whose gradient is the adjoint upfirdn2d (spec §c.2) computed by the
+    Function itself, so every order of gradients works. Used by the reference and the Triton path alike."""
+
+    class Upfirdn2dFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, f, up, down, padding, flip_filter, gain):
+            ctx.save_for_backward(f)
+            ctx.args = (x.shape[2], x.shape[3], up, down, padding, flip_filter, gain)
+            return forward_value(x, f, up, down, padding, flip_filter, gain)
+
+        @staticmethod
+        def backward(ctx, dy):
+            (f,) = ctx.saved_tensors
+            in_h, in_w, up, down, padding, flip_filter, gain = ctx.args
+            if not ctx.needs_input_grad[0]:
+                return None, None, None, None, None, None, None
+            fw, fh = filter_size(f)
+            p = adjoint_padding(in_h, in_w, dy.shape[2], dy.shape[3], fw, fh, up, down, padding)
+            dx = Upfirdn2dFunction.apply(dy, f, down, up, p, not flip_filter, gain)
+            return dx, None, None, None, None, None, None
+
+    Upfirdn2dFunction.__name__ = Upfirdn2dFunction.__qualname__ = name
+    return Upfirdn2dFunction
+
+
+_Upfirdn2dRef = adjoint_function(upfirdn2d_compute, "Upfirdn2dRef")
+
+
+def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
+                  flip_filter: bool, gain: float) -> torch.Tensor:
+    """Reference upfirdn2d (arguments validated): polyphase PyTorch convolutions; the gradient is the adjoint
+    upfirdn2d through the same path (strided conv <-> polyphase conv, both fast), differentiable to any order."""
+    return _Upfirdn2dRef.apply(x, f, up, down, list(padding), flip_filter, gain)
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..upfirdn2d import adjoint_padding, filter_size, output_size
+from ..upfirdn2d import adjoint_function, output_size
 from . import INTERPRETED
 
 # Under the interpreter every program costs ~0.1 ms per op: few, large programs. On a GPU ordinary blocks.
@@ -75,7 +75,7 @@ def _pass(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, downx: int, down
 
 def upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
                       flip_filter: bool, gain: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward value without autograd (``out``: optional preallocated result, the tests poison it)."""
+    """Forward value without autograd bookkeeping (``out``: optional preallocated result; the tests poison it)."""
     x = x.contiguous()
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if f is None:
@@ -90,22 +90,7 @@ def upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor | None, up: int, down: in
     return _pass(mid, g[:, None], 1, up, 1, down, 0, 0, py0, py1, x.dtype, out)
 
 
-class _Upfirdn2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, f, up, down, padding, flip_filter, gain):
-        y = upfirdn2d_forward(x, f, up, down, padding, flip_filter, gain)
-        ctx.save_for_backward(f)
-        ctx.args = (x.shape[2], x.shape[3], up, down, padding, flip_filter, gain)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (f,) = ctx.saved_tensors
-        in_h, in_w, up, down, padding, flip_filter, gain = ctx.args
-        fw, fh = filter_size(f)
-        p = adjoint_padding(in_h, in_w, dy.shape[2], dy.shape[3], fw, fh, up, down, padding)
-        dx = _Upfirdn2d.apply(dy, f, down, up, p, not flip_filter, gain) if ctx.needs_input_grad[0] else None
-        return dx, None, None, None, None, None, None
+_Upfirdn2d = adjoint_function(upfirdn2d_forward, "Upfirdn2dTriton")
 
 
 def upfirdn2d_triton(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
