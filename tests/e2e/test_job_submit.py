@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from pipeline.training import checkpoint
 
@@ -31,8 +33,20 @@ def test_job_submit_trains_and_writes_checkpoint(ray_head, session_dir, tmp_path
         "--storage", str(runs), "--run-name", "job", "--tracking", "0",
     ])
     client = JobSubmissionClient(ray_head.info["dashboard_url"])
-    job = client.submit_job(entrypoint=entrypoint,
-                            runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+    job = f"train-{uuid.uuid4().hex[:8]}"
+    deadline = time.time() + 120
+    while True:  # the head's job agent may come up after its dashboard; a loaded head may drop a request
+        try:
+            client.submit_job(entrypoint=entrypoint, submission_id=job,
+                              runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+            break
+        except (RuntimeError, requests.ConnectionError) as e:
+            if "already exists" in str(e):  # the dropped request had gone through
+                break
+            if time.time() > deadline or not ("No available agent" in str(e)
+                                              or isinstance(e, requests.ConnectionError)):
+                raise
+            time.sleep(3)
     deadline = time.time() + 540
     while time.time() < deadline:
         status = client.get_job_status(job)
