@@ -136,8 +136,9 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
         remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
     if counter is None:
         counter = corrupt_counter(corrupt_budget)
+    # One read task per shard and no block splitting, so Ray fuses read and decode into one task.
     ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, num_cpus=DATA_NUM_CPUS,
-                                  ray_remote_args=remote_args or None)
+                                  override_num_blocks=len(paths), **remote_args)
     ds = ds.map_batches(
         _decode_batch, batch_format="numpy", batch_size=None, zero_copy_batch=True, num_cpus=DATA_NUM_CPUS,
         fn_kwargs=dict(resolution=info.resolution, channels=info.channels, label_kind=info.label_kind,
@@ -150,14 +151,19 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
 
 
 def _unwrap_data_error(exc: BaseException) -> DataError | None:
-    """Ray wraps an error raised inside a task; find our DataError in the chain (or in the message)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DataError):
-            return exc
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    """Ray wraps an error raised inside a decode task (RayTaskError(UserCodeException)) and keeps only the
+    remote traceback text of the original: find our DataError in the chain, or else in that text."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DataError):
+            return current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    marker = f"{DataError.__module__}.{DataError.__name__}: "
+    text = str(exc)
+    if marker in text:
+        return DataError(text.split(marker, 1)[1].splitlines()[0])
     return None
 
 
