@@ -59,7 +59,8 @@ class RealImages:
         def read() -> Iterator[torch.Tensor]:
             ds = make_dataset(uri, use_labels=False, mirror=False, info=info)
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                yield torch.from_numpy(batch["img"])
+                img = batch["img"]
+                yield torch.from_numpy(img if img.flags.writeable else img.copy())
 
         return cls(open=read, key=f"manifest:{info.manifest_sha256}", num_images=info.num_images)
 
