@@ -343,6 +343,8 @@ class _Plan:
             A2Y=p["a2"][0], A2X=p["a2"][1], T2Y=p["t2"][0], T2X=p["t2"][1], R2=r2,
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
+            # 8 warps keep a 64x64 fp32 window in registers without spilling (ptxas -v, sm_90).
+            num_warps=8 if BTY * BTX >= 4096 else 4,
         )
         return out
 
