@@ -99,8 +99,10 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
-def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True):
-    """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests)."""
+def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True,
+                  callbacks: list | None = None):
+    """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests, tune);
+    callbacks: extra Ray Train callbacks (pipeline.tune adds TuneReportCallback)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -127,7 +129,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
-        callbacks=[ProgressPrinter(cfg.schedule.kimg)] if progress else None,
+        callbacks=([ProgressPrinter(cfg.schedule.kimg)] if progress else []) + list(callbacks or []),
         # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
         worker_runtime_env={"env_vars": {**storage.aws_env(), **_mlflow_env(), **(env_vars or {})}},
     )
