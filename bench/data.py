@@ -84,10 +84,11 @@ def main() -> None:
     parser.add_argument("--cache", default=".cache/bench-data", help="where the shards are built")
     args = parser.parse_args()
 
-    import ray
-
+    # Keep Ray on loopback and without token auth (PLATFORM.md); set before Ray reads them.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
              _temp_dir=tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
     ctx = ray.data.DataContext.get_current()

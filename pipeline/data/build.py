@@ -116,6 +116,8 @@ def _process(task: tuple[int, str]) -> tuple[int, bytes | None, str | None, str 
             src_mode = img.mode
             src_channels = native_channels(img)
             out = to_channels(img, plan["channels"])
+    except PIL.UnidentifiedImageError:
+        return index, None, "unreadable: not an image format PIL recognises", None
     except Exception as exc:  # noqa: BLE001 - any failure to read an image is a reason to skip it
         return index, None, f"unreadable: {type(exc).__name__}: {exc}", None
     width, height = plan["width"], plan["height"]
@@ -411,7 +413,7 @@ def summary_lines(result: BuildResult) -> list[str]:
     lab = m["labels"]
     label_text = "unlabelled" if lab["kind"] == "none" else f"{lab['kind']} labels, c_dim {lab['dim']} (from {lab['source']})"
     lines = [f"wrote {m['num_images']} images ({m['resolution']}x{m['resolution']}, {m['channels']} channels, "
-             f"{label_text}) in {len(m['shards'])} shards to {r['dest']} in {result.seconds:.1f} s"
+             f"{label_text}) in {len(m['shards'])} shard{'s' if len(m['shards']) != 1 else ''} to {r['dest']} in {result.seconds:.1f} s"
              + (f" ({result.resumed_shards} shards resumed)" if result.resumed_shards else "")]
     if r["converted"]:
         lines.append("converted: " + ", ".join(f"{n} {k}" for k, n in sorted(r["converted"].items())))
