@@ -202,26 +202,24 @@ def adjoint_function(forward_value, name: str) -> type:
     ``forward_value`` (same arguments) and whose gradient is the adjoint upfirdn2d (spec §c.2) computed by the
     Function itself, so every order of gradients works. Used by the reference and the Triton path alike."""
 
-    class Upfirdn2dFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, f, up, down, padding, flip_filter, gain):
-            ctx.save_for_backward(f)
-            ctx.args = (x.shape[2], x.shape[3], up, down, padding, flip_filter, gain)
-            return forward_value(x, f, up, down, padding, flip_filter, gain)
+    def forward(ctx, x, f, up, down, padding, flip_filter, gain):
+        ctx.save_for_backward(f)
+        ctx.args = (x.shape[2], x.shape[3], up, down, padding, flip_filter, gain)
+        return forward_value(x, f, up, down, padding, flip_filter, gain)
 
-        @staticmethod
-        def backward(ctx, dy):
-            (f,) = ctx.saved_tensors
-            in_h, in_w, up, down, padding, flip_filter, gain = ctx.args
-            if not ctx.needs_input_grad[0]:
-                return None, None, None, None, None, None, None
-            fw, fh = filter_size(f)
-            p = adjoint_padding(in_h, in_w, dy.shape[2], dy.shape[3], fw, fh, up, down, padding)
-            dx = Upfirdn2dFunction.apply(dy, f, down, up, p, not flip_filter, gain)
-            return dx, None, None, None, None, None, None
+    def backward(ctx, dy):
+        (f,) = ctx.saved_tensors
+        in_h, in_w, up, down, padding, flip_filter, gain = ctx.args
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        fw, fh = filter_size(f)
+        p = adjoint_padding(in_h, in_w, dy.shape[2], dy.shape[3], fw, fh, up, down, padding)
+        return function.apply(dy, f, down, up, p, not flip_filter, gain), None, None, None, None, None, None
 
-    Upfirdn2dFunction.__name__ = Upfirdn2dFunction.__qualname__ = name
-    return Upfirdn2dFunction
+    # built with type() so that autograd's node is named after `name` (e.g. "Upfirdn2dRefBackward")
+    function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                        "backward": staticmethod(backward)})
+    return function
 
 
 _Upfirdn2dRef = adjoint_function(upfirdn2d_compute, "Upfirdn2dRef")

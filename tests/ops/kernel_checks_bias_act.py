@@ -78,3 +78,19 @@ def check_gradcheck(act: str, device: str = "cpu") -> None:
     # fast_mode checks random projections of the Jacobians: each interpreted launch costs tens of ms
     assert torch.autograd.gradcheck(fn, (x, b), fast_mode=True)
     assert torch.autograd.gradgradcheck(fn, (x, b), fast_mode=True)
+
+
+def check_env_override() -> None:
+    """STYLEGAN3_OPS_IMPL=triton sends impl='auto' to the kernels (here: the interpreter), =ref to the reference."""
+    import os
+
+    x = torch.randn(2, 3, requires_grad=True)
+    os.environ["STYLEGAN3_OPS_IMPL"] = "triton"
+    try:
+        assert "BiasAct" in type(ops.bias_act(x, act="tanh").grad_fn).__name__
+        assert "Upfirdn2dTriton" in type(ops.upfirdn2d(x[None, None], None).grad_fn).__name__
+        os.environ["STYLEGAN3_OPS_IMPL"] = "ref"
+        assert "BiasAct" not in type(ops.bias_act(x, act="tanh").grad_fn).__name__
+        assert "Upfirdn2dRef" in type(ops.upfirdn2d(x[None, None], None).grad_fn).__name__
+    finally:
+        del os.environ["STYLEGAN3_OPS_IMPL"]

@@ -41,3 +41,7 @@ def test_gpu(act):
         checks.check_forward(act, dtype, device="cuda")
         checks.check_grads(act, dtype, device="cuda")
     checks.check_gradcheck(act, device="cuda")
+
+
+def test_env_var_selects_the_kernels(kernel_worker):
+    kernel_worker.run(CHECKS, "check_env_override")
