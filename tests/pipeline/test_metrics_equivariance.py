@@ -231,6 +231,7 @@ class BaselineG(torch.nn.Module):
         self.synthesis = UpsamplingBaseline(G)
 
 
+@pytest.mark.slow
 def test_stylegan3_t_far_more_translation_equivariant_than_upsampling_baseline():
     models = pytest.importorskip("models")
     torch.manual_seed(0)
@@ -247,3 +248,15 @@ def test_stylegan3_t_far_more_translation_equivariant_than_upsampling_baseline()
     plain = eq.compute_eq(base, "eqt", num_samples=2, batch_size=2, seed=1)
     assert sg3 > 50, sg3
     assert sg3 > plain + 20, (sg3, plain)
+
+
+@pytest.mark.slow
+def test_stylegan3_r_far_more_rotation_equivariant_than_t():
+    """Config R (1×1 convs, radial filters) is built to be rotation-equivariant, T is not (paper §3.2)."""
+    models = pytest.importorskip("models")
+    scores = {}
+    for preset in ("stylegan3-r", "stylegan3-t"):
+        torch.manual_seed(0)
+        G, _ = models.build(preset, 32, channel_base=1024, channel_max=32, z_dim=32, w_dim=32, map_depth=2)
+        scores[preset] = eq.compute_eq(G.eval(), "eqr", num_samples=2, batch_size=2, seed=3)
+    assert scores["stylegan3-r"] > 50 and scores["stylegan3-r"] > scores["stylegan3-t"] + 20, scores
