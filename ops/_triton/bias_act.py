@@ -174,10 +174,11 @@ def _launch(order: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor
     numel = x.numel()
     if numel == 0:
         return out
-    inner = 1
-    for s in x.shape[dim + 1:]:
-        inner *= s
-    channels = x.shape[dim] if x.ndim else 1
+    inner, channels = 1, 1  # b[(flat_index // inner) % channels] is the bias of an element
+    if b is not None:
+        for s in x.shape[dim + 1:]:
+            inner *= s
+        channels = x.shape[dim]
     gptr = g.to(x.dtype).contiguous() if g is not None else x
     bptr = b.contiguous() if b is not None else x
     grid = (triton.cdiv(numel, BLOCK),)

@@ -42,6 +42,9 @@ def check_forward(act: str, dtype: str, device: str = "cpu") -> None:
                 spec.def_gain if gain is None else gain, clamp, out=poisoned)
         assert not poisoned.isnan().any(), "the kernel left elements unwritten"
         torch.testing.assert_close(poisoned, got, rtol=0, atol=0)
+    flat = x.flatten()  # no bias: dim is not used (may exceed the rank)
+    torch.testing.assert_close(ops.bias_act(flat, act=act, impl="triton").double(),
+                               ops.bias_act(flat.double(), act=act, impl="ref"), **TOL[dtype])
 
 
 def check_grads(act: str, dtype: str, device: str = "cpu") -> None:
