@@ -1,8 +1,9 @@
 """Quality and equivariance metrics (spec §f): EQ-T, EQ-T_frac, EQ-R, SWD, FID, KID and power spectra.
 
 Public API:
-    compute_metrics(G, names, num_samples, real=None, *, detector=None, cache_dir=None, batch_size=4, seed=0,
-                    device=None, num_real=None, spectrum_path=None, progress=False, log=print) -> {name: value}
+    compute_metrics(G, names, num_samples, real=None, *, detector=None, cache_dir=DEFAULT_CACHE_DIR,
+                    batch_size=4, seed=0, device=None, num_real=None, spectrum_path=None, progress=False,
+                    log=print) -> {name: value}
     equivariance.compute_eq(G, kind='eqt'|'eqt_frac'|'eqr', num_samples, batch_size=4, seed=0) -> dB
     equivariance.eq_sums(...) -> (Σ err, Σ mask)   (add across workers, then psnr_from_sums)
     swd.compute_swd(real_uint8, fake_uint8, ...) -> float (×1e3), swd.swd_levels(...) -> {res: value}
@@ -13,8 +14,8 @@ Public API:
 CLI: python -m pipeline.metrics --help
 """
 
-from pipeline.metrics.core import (ALL_METRICS, DATA_METRICS, EQ_METRICS, RealImages, compute_metrics,
-                                   generate_images, parse_metric_names, to_uint8)
+from pipeline.metrics.core import (ALL_METRICS, DATA_METRICS, DEFAULT_CACHE_DIR, EQ_METRICS, RealImages,
+                                   compute_metrics, generate_images, parse_metric_names, to_uint8)
 
-__all__ = ["ALL_METRICS", "DATA_METRICS", "EQ_METRICS", "RealImages", "compute_metrics", "generate_images",
-           "parse_metric_names", "to_uint8"]
+__all__ = ["ALL_METRICS", "DATA_METRICS", "DEFAULT_CACHE_DIR", "EQ_METRICS", "RealImages", "compute_metrics",
+           "generate_images", "parse_metric_names", "to_uint8"]

