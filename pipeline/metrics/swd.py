@@ -24,6 +24,7 @@ from pipeline.metrics.images import ImageSource, iter_batches
 
 _PYR_FILTER = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 PATCH = 7
+MAX_DESCRIPTORS = 1 << 18  # per level and set: 2^18 × 147 float32 ≈ 154 MB
 
 def pyramid_resolutions(resolution: int, min_res: int = 16) -> list[int]:
     """Level resolutions, e.g. 64 -> [64, 32, 16]; a single level when the image is below `min_res`."""
@@ -124,12 +125,17 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, dirs_per_repeat: int = 
 
 def swd_levels(real: ImageSource, fake: ImageSource, descriptors_per_image: int = 128, dirs_per_repeat: int = 512,
                dir_repeats: int = 4, min_res: int = 16, max_images: Optional[int] = None,
-               seed: int = 0) -> dict[int, float]:
+               max_descriptors: int = MAX_DESCRIPTORS, seed: int = 0) -> dict[int, float]:
     """SWD ×1e3 per pyramid level, keyed by the level's resolution in pixels (largest first).
 
     real, fake: uint8 [N, C, H, W] tensors or iterables of batches, same C/H/W. When the sets differ in size the
-    larger set's descriptors are randomly subsampled to the smaller count.
+    larger set's descriptors are randomly subsampled to the smaller count. `max_descriptors` bounds memory: when
+    the number of images is known (tensors, or `max_images`), fewer patches per image are taken so that a level
+    holds at most that many descriptors per set (ProGAN's 16,384 images × 128 would need ~1.2 GB per level).
     """
+    sizes = [min(len(x), max_images or len(x)) if isinstance(x, torch.Tensor) else max_images for x in (real, fake)]
+    if all(n is not None for n in sizes):
+        descriptors_per_image = max(1, min(descriptors_per_image, max_descriptors // max(max(sizes), 1)))
     da = collect_descriptors(real, descriptors_per_image, min_res, max_images, seed=seed)
     # Same seed: both sets are probed at the same patch positions, so identical sets give exactly 0.
     db = collect_descriptors(fake, descriptors_per_image, min_res, max_images, seed=seed)

@@ -56,6 +56,10 @@ def test_swd_accepts_batches_and_checks_shapes():
     batched = swd.swd_levels(iter(a.split(5)), iter(a.flip(0).split(7)), **SWD_KW)
     assert whole == pytest.approx(batched)  # same images, same patch positions -> same descriptors
     assert swd.pyramid_resolutions(64) == [64, 32, 16] and swd.pyramid_resolutions(8) == [8]
+    # The memory cap takes fewer patches per image (here 4 instead of 32) and keeps the self-distance exact.
+    capped = swd.collect_descriptors(a, descriptors_per_image=4)
+    assert swd.swd_levels(a, a, max_descriptors=64, **SWD_KW) == {32: 0.0, 16: 0.0}
+    assert swd.swd_levels(a, a.flip(0), max_descriptors=64, **SWD_KW) != whole and len(capped[32]) == 64
     with pytest.raises(ValueError, match="differ in shape"):
         swd.swd_levels(a, smooth_images(16, 1, channels=1), **SWD_KW)
     with pytest.raises(ValueError, match="uint8"):
