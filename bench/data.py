@@ -4,9 +4,10 @@ PNG decode (`pipeline.data.images.decode_png_into`), same run.
     python bench/data.py                      # 64 and 256 px, demo:emoji shards built into ./.cache/bench-data
     python bench/data.py --resolutions 64 --passes 2 --batch 64
 
-Each side reads every image of the set `--passes` times after one warm-up pass (worker start-up is not
-timed) and is timed from the first batch request to the last batch, as uint8 [B, C, H, W] torch tensors in
-this process, through a 4-batch shuffle buffer. Prints a table: images/s for each side and the ratio.
+Each side delivers uint8 [B, C, H, W] torch tensors to this process through a 4-batch shuffle buffer, with
+shard-order shuffling: ours is `pipeline.data.ImageStream` (what training iterates, pass restarts included).
+Each reads the set once untimed (worker start-up), then `--passes` times timed. Prints a table: images/s for
+each side and the ratio.
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.data import ensure_demo_shards, make_dataset  # noqa: E402
+from pipeline.data import ImageStream, ensure_demo_shards  # noqa: E402
 from pipeline.data.images import decode_png_into  # noqa: E402
 from pipeline.data.manifest import dataset_info  # noqa: E402
 
 
-def ray_pass(uri: str, batch: int, epoch: int) -> int:
-    n = 0
-    ds = make_dataset(uri, epoch=epoch)
-    for b in ds.iter_torch_batches(batch_size=batch, local_shuffle_buffer_size=4 * batch, local_shuffle_seed=epoch):
-        n += len(b["img"])
-    return n
+def ray_rate(uri: str, batch: int, passes: int) -> float:
+    """Images/s of `ImageStream` (what training iterates), pass restarts included, after one warm-up pass."""
+    stream = ImageStream(uri, batch)
+    it = iter(stream)
+    per_pass = stream.info.num_images // batch
+    for _ in range(per_pass):
+        next(it)
+    t0 = time.perf_counter()
+    n = sum(len(next(it)["img"]) for _ in range(per_pass * passes))
+    rate = n / (time.perf_counter() - t0)
+    it.close()
+    return rate
 
 
 def _decode_sample(sample: dict, res: int, ch: int) -> torch.Tensor:
@@ -63,14 +70,11 @@ def make_loader(uri: str, batch: int, workers: int):
                                        prefetch_factor=4)
 
 
-def loader_pass(loader) -> int:
-    return sum(len(b) for b in loader)
-
-
-def timed(fn, passes: int) -> float:
-    fn(passes)  # warm-up (an untimed pass index): worker processes start, files enter the page cache
+def loader_rate(loader, passes: int) -> float:
+    """Images/s of the DataLoader over `passes` passes, after one warm-up pass (workers persist)."""
+    sum(len(b) for b in loader)
     t0 = time.perf_counter()
-    n = sum(fn(p) for p in range(passes))
+    n = sum(len(b) for _ in range(passes) for b in loader)
     return n / (time.perf_counter() - t0)
 
 
@@ -98,8 +102,8 @@ def main() -> None:
         for res in [int(r) for r in args.resolutions.split(",")]:
             uri = ensure_demo_shards(args.cache, res, max_images=args.max_images)
             loader = make_loader(uri, args.batch, args.workers)
-            plain = timed(lambda p: loader_pass(loader), args.passes)
-            ours = timed(lambda p: ray_pass(uri, args.batch, p), args.passes)
+            plain = loader_rate(loader, args.passes)
+            ours = ray_rate(uri, args.batch, args.passes)
             rows.append((res, dataset_info(uri).num_images, plain, ours))
             del loader
     finally:

@@ -168,37 +168,49 @@ def _unwrap_data_error(exc: BaseException) -> DataError | None:
 
 
 def iter_batches_forever(source: Callable[[int], Any], batch_size: int, *, seed: int = 0, start_pass: int = 0,
-                         shuffle_buffer: int | None = None, prefetch_batches: int = 2,
+                         shuffle_buffer: int | None = None, prefetch_blocks: int = 4,
                          device=None) -> Iterator[dict]:
     """Yield full batches {"img": torch.uint8 [B, C, H, W], "c": torch.float32 [B, c_dim]} forever.
 
     `source(pass_index)` returns what to read for that pass: a `ray.data.Dataset` (e.g. from
     `make_dataset(..., epoch=pass_index)`) or a `DataIterator` (e.g. `ray.train.get_dataset_shard("train")`).
-    Rows are shuffled through a local buffer of `shuffle_buffer` rows (default 4 batches) seeded by
-    (seed, pass); the rows left over at the end of a pass start the next batch. A DataError raised in a
-    decode task (corrupt-sample budget) is re-raised as itself."""
+
+    Whole blocks come out of Ray Data as they are (no re-batching there: zero-copy tensors) and are shuffled
+    here: rows collect in a buffer of at least `shuffle_buffer` rows (default 4 batches); each time it is
+    full, it is permuted with a generator seeded by (seed, pass) and its first rows leave as batches while
+    the rest stay to mix with the next blocks. At the end of a pass the buffer is permuted and emptied down
+    to less than one batch; those rows lead the next pass's first batch, so passes do not mix otherwise. A DataError raised in a decode task
+    (corrupt-sample budget) is re-raised as itself."""
     import torch
 
-    buffer = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
-    carry: dict | None = None
+    keep = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
+    buf: dict | None = None
+    head = 0  # rows carried over from the previous pass: they lead the next batch, in their order
     pass_index = start_pass
+
+    def drain(buf: dict, leave: int, gen) -> Iterator[dict]:
+        nonlocal head
+        n = len(buf["img"])
+        perm = torch.cat([torch.arange(head), head + torch.randperm(n - head, generator=gen)])
+        shuffled = {k: v[perm.to(v.device)] for k, v in buf.items()}
+        n_out = max(0, n - leave) // batch_size * batch_size
+        for start in range(0, n_out, batch_size):
+            yield {k: v[start:start + batch_size] for k, v in shuffled.items()}
+        buf.update({k: v[n_out:] for k, v in shuffled.items()})
+        head = 0
+
     while True:
         rows = 0
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + pass_index) % 2**63)
         src = source(pass_index)
         try:
-            for batch in src.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=buffer or None,
-                                                local_shuffle_seed=(seed * 1_000_003 + pass_index) % 2**32 if buffer else None,
-                                                prefetch_batches=prefetch_batches, device=device or "auto"):
-                rows += len(batch["img"])
-                if carry is not None:
-                    batch = {k: torch.cat([carry[k], batch[k]]) for k in ("img", "c")}
-                    carry = None
-                start = 0
-                while len(batch["img"]) - start >= batch_size:
-                    yield {k: batch[k][start:start + batch_size] for k in ("img", "c")}
-                    start += batch_size
-                if start < len(batch["img"]):
-                    carry = {k: batch[k][start:] for k in ("img", "c")}
+            for block in src.iter_torch_batches(batch_size=None, prefetch_batches=prefetch_blocks,
+                                                device=device or "auto"):
+                rows += len(block["img"])
+                block = {"img": block["img"], "c": block["c"]}
+                buf = block if buf is None else {k: torch.cat([buf[k], block[k]]) for k in buf}
+                if len(buf["img"]) >= keep + batch_size:
+                    yield from drain(buf, keep, gen)
         except Exception as exc:
             err = _unwrap_data_error(exc)
             if err is not None:
@@ -206,6 +218,9 @@ def iter_batches_forever(source: Callable[[int], Any], batch_size: int, *, seed:
             raise
         if rows == 0:
             raise DataError(f"pass {pass_index} of the data produced no images (every sample corrupt, or no shards)")
+        if buf is not None:
+            yield from drain(buf, 0, gen)
+            head = len(buf["img"])
         pass_index += 1
 
 
