@@ -37,16 +37,30 @@ ACTIVATIONS = {
 }
 
 
-def _check_scalar(name: str, value, allow_none: bool = True, nonneg: bool = False) -> float | None:
+def check_real(name: str, value, op: str, allow_none: bool = False, nonneg: bool = False) -> float | None:
+    """A finite real number (or None if ``allow_none``) as float; TypeError/ValueError naming ``name``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"bias_act: {name} must be a real number{' or None' if allow_none else ''}, "
+        raise TypeError(f"{op}: {name} must be a real number{' or None' if allow_none else ''}, "
                         f"got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or (nonneg and value < 0):
-        raise ValueError(f"bias_act: {name} must be a finite{' non-negative' if nonneg else ''} number, got {value}")
+        raise ValueError(f"{op}: {name} must be a finite{' non-negative' if nonneg else ''} number, got {value}")
     return value
+
+
+def check_bias(b, x: torch.Tensor, dim: int, op: str) -> None:
+    """``b`` must be a floating-point ``[x.shape[dim]]`` tensor on ``x``'s device (``dim`` non-negative)."""
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"{op}: b must be a torch.Tensor or None, got {type(b).__name__}")
+    if b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"{op}: b must be 1-D with x.shape[{dim}] = {x.shape[dim]} elements, "
+                         f"got shape {list(b.shape)}")
+    if not b.is_floating_point():
+        raise TypeError(f"{op}: b must be a floating-point tensor, got {b.dtype}")
+    if b.device != x.device:
+        raise ValueError(f"{op}: b is on {b.device} but x is on {x.device}")
 
 
 def resolve_args(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha, gain, clamp):
@@ -59,9 +73,9 @@ def resolve_args(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
     if act not in ACTIVATIONS:
         raise ValueError(f"bias_act: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     spec = ACTIVATIONS[act]
-    alpha = _check_scalar("alpha", alpha)
-    gain = _check_scalar("gain", gain)
-    clamp = _check_scalar("clamp", clamp, nonneg=True)
+    alpha = check_real("alpha", alpha, "bias_act", allow_none=True)
+    gain = check_real("gain", gain, "bias_act", allow_none=True)
+    clamp = check_real("clamp", clamp, "bias_act", allow_none=True, nonneg=True)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"bias_act: dim must be an int, got {type(dim).__name__}")
     if b is not None:
@@ -70,15 +84,7 @@ def resolve_args(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
         if not -x.ndim <= dim < x.ndim:
             raise ValueError(f"bias_act: dim={dim} is out of range for x of shape {list(x.shape)}")
         dim = dim % x.ndim
-        if not isinstance(b, torch.Tensor):
-            raise TypeError(f"bias_act: b must be a torch.Tensor or None, got {type(b).__name__}")
-        if b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias_act: b must be 1-D with x.shape[dim={dim}] = {x.shape[dim]} elements, "
-                             f"got shape {list(b.shape)}")
-        if not b.is_floating_point():
-            raise TypeError(f"bias_act: b must be a floating-point tensor, got {b.dtype}")
-        if b.device != x.device:
-            raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}")
+        check_bias(b, x, dim, "bias_act")
     alpha = spec.def_alpha if alpha is None else alpha
     gain = spec.def_gain if gain is None else gain
     return dim, spec, alpha, gain, clamp

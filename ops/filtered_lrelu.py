@@ -7,25 +7,13 @@ suppression for the activation.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 
 from ._dispatch import select_impl
-from .bias_act import bias_act_ref
+from .bias_act import bias_act_ref, check_bias, check_real
 from .upfirdn2d import (check_factor, check_filter, check_gain, check_input, filter_size, parse_padding,
                         upfirdn2d_ref)
-
-
-def _check_real(name: str, value, allow_none: bool = False, nonneg: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise TypeError(f"filtered_lrelu: {name} must be a finite real number{' or None' if allow_none else ''}, "
-                        f"got {value!r}")
-    if nonneg and value < 0:
-        raise ValueError(f"filtered_lrelu: {name} must be non-negative, got {value}")
-    return float(value)
 
 
 def output_shape(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None, up: int, down: int,
@@ -83,18 +71,10 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Te
     down = check_factor("down", down, op)
     padding = parse_padding(padding, op)
     gain = check_gain(gain, op)
-    slope = _check_real("slope", slope)
-    clamp = _check_real("clamp", clamp, allow_none=True, nonneg=True)
+    slope = check_real("slope", slope, op)
+    clamp = check_real("clamp", clamp, op, allow_none=True, nonneg=True)
     if b is not None:
-        if not isinstance(b, torch.Tensor):
-            raise TypeError(f"{op}: b must be a torch.Tensor or None, got {type(b).__name__}")
-        if b.ndim != 1 or b.shape[0] != x.shape[1]:
-            raise ValueError(f"{op}: b must be 1-D with x.shape[1] = {x.shape[1]} elements, "
-                             f"got shape {list(b.shape)}")
-        if not b.is_floating_point():
-            raise TypeError(f"{op}: b must be a floating-point tensor, got {b.dtype}")
-        if b.device != x.device:
-            raise ValueError(f"{op}: b is on {b.device} but x is on {x.device}")
+        check_bias(b, x, 1, op)
     fu_w, fu_h = filter_size(fu)
     fd_w, fd_h = filter_size(fd)
     px0, px1, py0, py1 = padding

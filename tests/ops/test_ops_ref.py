@@ -233,7 +233,7 @@ def test_argument_errors():
         ops.upfirdn2d(x[0], None)
     with pytest.raises(ValueError, match=r"b must be 1-D with x.shape\[1\] = 2"):
         ops.filtered_lrelu(x, b=torch.zeros(3))
-    with pytest.raises(ValueError, match=r"b must be 1-D with x.shape\[dim=1\] = 2"):
+    with pytest.raises(ValueError, match=r"b must be 1-D with x.shape\[1\] = 2"):
         ops.bias_act(x, torch.zeros(3))
     with pytest.raises(TypeError, match="fd must be a float32"):
         ops.filtered_lrelu(x, fd=torch.ones(4, dtype=torch.float16))
