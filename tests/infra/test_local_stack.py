@@ -1,4 +1,5 @@
-"""infra/local/stack.sh: up, every service answers, a `ray job submit` job uses S3 + MLflow, down, nothing left.
+"""infra/local/stack.sh: up, every service answers, a `ray job submit` job uses S3 + MLflow, down, nothing left;
+up again on the same state: the data and the MLflow run are still there.
 
 Slow (a Ray head, an MLflow server and SeaweedFS start for real: ~40 s idle machine, 2+ min on a busy one).
 """
@@ -13,7 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from tests import services
 
@@ -93,9 +96,6 @@ def test_stack_up_job_down(tmp_path):
         exposed = [a for a in addrs if not a.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:"))]
         assert not exposed, f"listening beyond loopback: {exposed}"
 
-        import boto3
-        from botocore.config import Config
-
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
                           config=Config(s3={"addressing_style": "path"}))
@@ -131,3 +131,23 @@ def test_stack_up_job_down(tmp_path):
     assert not leftover, f"processes left running after down: {leftover}"
     assert not list(state.glob("*.pid"))
     assert _stack("status", state, timeout=60).returncode != 0
+
+    # Up again on the same state dir (new ports): the data and the MLflow run are still there.
+    try:
+        again = _stack("up", state)
+        assert again.returncode == 0, f"second up failed:\n{again.stdout}\n{again.stderr}"
+        trees = _recorded_trees(state)
+        env = _parse_env(_stack("env", state, timeout=30).stdout)
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}))
+        assert s3.get_object(Bucket="stylegan3", Key="smoke/hello.txt")["Body"].read() == b"from a ray job"
+        from mlflow import MlflowClient
+
+        run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run_id)
+        assert run.data.metrics["answer"] == 42.0
+    finally:
+        down = _stack("down", state, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    leftover = [p for tree in trees.values() for p in tree if services.alive(p)]
+    assert not leftover, f"processes left running after the second down: {leftover}"
