@@ -34,7 +34,7 @@ def test_job_submit_trains_and_writes_checkpoint(ray_head, session_dir, tmp_path
     ])
     client = JobSubmissionClient(ray_head.info["dashboard_url"])
     job = f"train-{uuid.uuid4().hex[:8]}"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while True:  # the head's job agent may come up after its dashboard; a loaded head may drop a request
         try:
             client.submit_job(entrypoint=entrypoint, submission_id=job,
@@ -45,7 +45,7 @@ def test_job_submit_trains_and_writes_checkpoint(ray_head, session_dir, tmp_path
                 break
             if time.time() > deadline or not ("No available agent" in str(e)
                                               or isinstance(e, requests.ConnectionError)):
-                raise
+                raise AssertionError(f"job submission failed: {e}\n{_head_diagnostics(ray_head)}") from e
             time.sleep(3)
     deadline = time.time() + 540
     while time.time() < deadline:
@@ -61,3 +61,13 @@ def test_job_submit_trains_and_writes_checkpoint(ray_head, session_dir, tmp_path
     for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE):
         assert (ckpt / name).is_file(), f"{name} missing; driver log:\n{logs[-3000:]}"
     assert "latest checkpoint:" in logs and "done in" in logs
+
+
+def _head_diagnostics(head) -> str:
+    """Whether the head still runs and the end of its dashboard log (why a submission was refused)."""
+    logs = Path(head.info["temp_dir"]) / "session_latest" / "logs"
+    tail = ""
+    for name in ("dashboard.log", "dashboard_agent.log"):
+        if (logs / name).exists():
+            tail += f"--- {name}\n" + "\n".join((logs / name).read_text(errors="replace").splitlines()[-15:]) + "\n"
+    return f"head process exit code: {head.proc.poll()}\n{tail}"
