@@ -142,6 +142,7 @@ def _local_ray_env() -> None:
 
 def _init_ray() -> None:
     import ray
+    import ray.data
 
     if not ray.is_initialized():
         # RAY_ADDRESS set (e.g. by `ray job submit`): join that cluster; else a private local instance,

@@ -26,13 +26,13 @@ def tiny_shards(session_dir):
     return ensure_demo_shards(session_dir / "train-shards", 16, max_images=64, progress=False)
 
 
-def tiny_config(data: str, storage_uri: str, run_name: str, **sections) -> TrainConfig:
+def tiny_config(data_uri: str, storage_uri: str, run_name: str, **sections) -> TrainConfig:
     base = TrainConfig().replace(
         model={"cbase": 256, "cmax": 16, "z_dim": 16, "w_dim": 16},
         loss={"gamma": 0.1},
         aug={"mode": "ada", "ada_kimg": 0.1},  # p moves 0.32 per adjustment: the ADA state changes visibly
         schedule={"batch": 8, "kimg": 0.016, "tick": 0.008, "snap": 1, "keep": 2},
-        data={"uri": data},
+        data={"uri": data_uri},
         run={"workers": 2, "storage": storage_uri, "run_name": run_name, "max_failures": 0,
              "callbacks": "tests.pipeline.train_record:make"},
     )
