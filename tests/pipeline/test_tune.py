@@ -65,9 +65,9 @@ def mlflow_db(tmp_path, monkeypatch):
 
 
 def tiny_args(shards: str, storage: Path, name: str, *extra: str) -> list[str]:
-    """16x16, 16 channels, batch 4, one step per tick (a snapshot with SWD on 16 images every tick)."""
+    """16x16, 16 channels, batch 4, one step per tick (a snapshot with SWD on 8 images every tick)."""
     return ["--data", shards, "--cfg", "stylegan3-t", "--cbase", "256", "--cmax", "16", "--batch", "4",
-            "--tick", "0.004", "--aug", "noaug", "--metric-samples", "16", "--storage", str(storage),
+            "--tick", "0.004", "--aug", "noaug", "--metric-samples", "8", "--storage", str(storage),
             "--name", name, "--experiment", "tune-test", "--model-name", f"tune-test-{name}", *extra]
 
 
@@ -79,8 +79,8 @@ def _rows(path: Path) -> list[dict]:
 def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ray_local, shards, tmp_path,
                                                                                mlflow_db, capsys):
     name = "asha4"
-    # 4 ticks per trial; rungs at 1 and 2 ticks; reduction 4 keeps only the best quarter at each rung.
-    argv = tiny_args(shards, tmp_path / "sweeps", name, "--num-samples", "4", "--kimg-per-trial", "0.016",
+    # 3 ticks per trial, one ASHA rung after the first tick; reduction 4 keeps only the best quarter there.
+    argv = tiny_args(shards, tmp_path / "sweeps", name, "--num-samples", "4", "--kimg-per-trial", "0.012",
                      "--grace-kimg", "0.004", "--reduction-factor", "4", "--max-concurrent", "2",
                      "--gamma", "loguniform:0.01:10")
     assert T.main(argv) == 0
@@ -93,9 +93,9 @@ def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ra
     assert len({r["gamma"] for r in rows}) == 4  # four different gammas were sampled
     assert all(0.01 <= float(r["gamma"]) <= 10 for r in rows)
     stopped = [r for r in rows if r["state"] == "stopped early"]
-    assert stopped, rows  # ASHA stopped at least one trial before 0.016 kimg
-    assert all(float(r["kimg"]) < 0.016 and "ASHA" in r["reason"] for r in stopped)
-    assert any(r["state"] == "completed" and float(r["kimg"]) == pytest.approx(0.016) for r in rows)
+    assert stopped, rows  # ASHA stopped at least one trial before 0.012 kimg
+    assert all(float(r["kimg"]) < 0.012 and "ASHA" in r["reason"] for r in stopped)
+    assert any(r["state"] == "completed" and float(r["kimg"]) == pytest.approx(0.012) for r in rows)
     assert all(r["swd"] and math.isfinite(float(r["swd"])) for r in rows)
     assert (root / T.PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -116,7 +116,7 @@ def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ra
         kimg_history = mlflow_db.get_metric_history(child.info.run_id, "kimg")
         assert len(kimg_history) >= 1 and "swd" in child.data.metrics
     completed = [r for r in rows if r["state"] == "completed"]
-    assert len(mlflow_db.get_metric_history(by_trial[completed[0]["trial"]].info.run_id, "kimg")) == 4
+    assert len(mlflow_db.get_metric_history(by_trial[completed[0]["trial"]].info.run_id, "kimg")) == 3
     artifacts = {a.path for a in mlflow_db.list_artifacts(parent.info.run_id)}
     assert {T.RESULTS_CSV, T.RESULTS_TXT, T.PLOT_PNG} <= artifacts
     assert parent.data.params["space.gamma"] == "loguniform:0.01:10"
@@ -183,7 +183,7 @@ def test_bad_arguments_fail_before_any_trial(ray_local, shards, tmp_path, mlflow
         (["--gamma", "loguniform:8:2"], "--gamma 'loguniform:8:2'"),
         (["--glr", "choice:fast"], "--glr"),
         (["--metric", "is"], "--metric 'is' is not computed"),
-        (["--workers-per-trial", "8"], "needs 4.26 CPUs but the cluster has 2"),
+        (["--workers-per-trial", "8", "--batch", "32"], "needs 4.26 CPUs but the cluster has 2"),
         (["--num-samples", "0"], "--num-samples"),
         (["--grace-kimg", "5", "--kimg-per-trial", "1"], "--grace-kimg"),
     ]
