@@ -144,11 +144,19 @@ def _init_ray() -> None:
     import ray
     import ray.data
 
-    if not ray.is_initialized():
+    for attempt in range(3):
+        if ray.is_initialized():
+            break
         # RAY_ADDRESS set (e.g. by `ray job submit`): join that cluster; else a private local instance,
         # never a stranger's cluster on a shared machine.
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
-                 configure_logging=False)
+        try:
+            ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
+                     configure_logging=False)
+        except Exception as e:  # Ray gives a local raylet 30 s to register: too little on a busy machine
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            print(f"Ray did not start in time ({e}); retrying", file=sys.stderr, flush=True)
+            ray.shutdown()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per tick instead
 
 
