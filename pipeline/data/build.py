@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import PIL.Image
 
