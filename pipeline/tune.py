@@ -493,18 +493,19 @@ class TrialRow:
     checkpoint: str | None = None
 
 
-def _trial_statuses(results) -> dict[str, str]:
-    """Tune's status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED) of each trial of a ResultGrid; ResultGrid
-    has no public accessor, and an interrupted sweep returns its unfinished trials as results too."""
+def _trials(results) -> dict[str, Any]:
+    """Tune's Trial objects of a ResultGrid by trial id: their status (TERMINATED, ERROR, RUNNING, PENDING,
+    PAUSED) and config. ResultGrid has no public accessor for either, and a trial that never reported has no
+    config in its Result."""
     analysis = getattr(results, "_experiment_analysis", None)
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
+    return {t.trial_id: t for t in getattr(analysis, "trials", None) or []}
 
 
 def collect_rows(sweep: Sweep, results) -> list[TrialRow]:
     """One row per trial of a ResultGrid: its parameters, last reported metric, kimg reached and state."""
     from pipeline.training.trainer import latest_checkpoint
 
-    statuses = _trial_statuses(results)
+    trials = _trials(results)
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -518,7 +519,7 @@ def collect_rows(sweep: Sweep, results) -> list[TrialRow]:
         total = sweep.base.schedule.kimg
         if r.error is not None:
             state, reason = "error", f"error at {kimg:g} kimg: {str(r.error).splitlines()[0][:200]}"
-        elif statuses.get(trial, "TERMINATED") != "TERMINATED":
+        elif getattr(trials.get(trial), "status", "TERMINATED") != "TERMINATED" or not m:
             state, reason = "interrupted", f"interrupted at {kimg:g} kimg; continues when the sweep is resumed"
         elif kimg >= total - 1e-9:
             state, reason = "completed", f"completed {total:g} kimg"
@@ -526,9 +527,11 @@ def collect_rows(sweep: Sweep, results) -> list[TrialRow]:
             state = "stopped early"
             reason = (f"stopped early by ASHA at {kimg:g} kimg (behind at a rung)" if sweep.scheduler == "asha"
                       else f"stopped at {kimg:g} kimg")
-        cfg = sweep.trial_config(trial, r.config)
-        ckpt = latest_checkpoint(cfg) if m else None
-        rows.append(TrialRow(trial, float(r.config["gamma"]), float(r.config["glr"]), float(r.config["dlr"]),
+        params = r.config or getattr(trials.get(trial), "config", None)
+        if not params:
+            continue  # a trial Tune created but never configured: nothing to show
+        ckpt = latest_checkpoint(sweep.trial_config(trial, params)) if m else None
+        rows.append(TrialRow(trial, float(params["gamma"]), float(params["glr"]), float(params["dlr"]),
                              value, kimg, state, reason, ckpt))
     return sorted(rows, key=lambda row: row.trial)
 
@@ -617,7 +620,7 @@ def finish(sweep: Sweep, rows: list[TrialRow], parent_run_id: str | None, comple
             client.set_tag(child.info.run_id, "stylegan3.tune.state", row.state)
             if row.state != "interrupted":
                 client.set_terminated(child.info.run_id, "FAILED" if row.state == "error" else "FINISHED")
-        if best is not None and best.trial in by_trial:
+        if best is not None and complete and best.trial in by_trial:  # once, when every trial has finished
             from pipeline.registry import fetch_network
 
             local = fetch_network(best.checkpoint, Path(tmp) / "champion")

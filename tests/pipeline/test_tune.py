@@ -15,9 +15,6 @@ import pytest
 from pipeline import tune as T
 from pipeline.training.config import ConfigError
 
-pytestmark = pytest.mark.slow
-
-
 # -- search-space strings and defaults (no Ray) ---------------------------------------------------------
 
 def test_space_strings_parse_and_bad_ones_name_the_flag():
@@ -76,6 +73,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ray_local, shards, tmp_path,
                                                                                mlflow_db, capsys):
     name = "asha4"
@@ -151,6 +149,7 @@ def _interrupt_after_first_trial(marker: Path):
     return InterruptOnce(str(marker))
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_continues_with_the_same_name(ray_local, shards, tmp_path, mlflow_db, capsys):
     name = "resumable"
     argv = tiny_args(shards, tmp_path / "sweeps", name, "--num-samples", "2", "--kimg-per-trial", "0.008",
@@ -177,6 +176,7 @@ def test_interrupted_sweep_continues_with_the_same_name(ray_local, shards, tmp_p
     assert mlflow_db.get_model_version_by_alias(f"tune-test-{name}", "champion") is not None
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_before_any_trial(ray_local, shards, tmp_path, mlflow_db, capsys):
     storage = tmp_path / "sweeps"
     cases = [
