@@ -589,7 +589,8 @@ def plot_metric_vs_gamma(rows: list[TrialRow], metric: str, path: str | os.PathL
 
 def finish(sweep: Sweep, rows: list[TrialRow], parent_run_id: str | None, complete: bool) -> dict[str, Any]:
     """Write the table and plot to the sweep directory (and the parent run), close the child runs with their
-    stop reason, register the best trial's generator as `champion`. Returns a summary dict."""
+    stop reason, register the best trial's generator as `champion` once every trial has finished.
+    Returns a summary dict."""
     from pipeline.tracking import CHAMPION_ALIAS, register_generator
 
     best = best_row(rows, sweep.mode)
