@@ -42,8 +42,8 @@ DEMO_RESOLUTION = 32
 DEMO_IMAGES = 1000  # a quarter of the demo set: the shards build in seconds
 # The embedded default: a tiny StyleGAN3-T at 32x32 that trains on a 2-core CPU in under 10 minutes
 # (measured in docs/training.md). Same meaning as the flags of the same names.
-DEMO_ARGS = ["--cfg", "stylegan3-t", "--batch", "8", "--cbase", "1024", "--cmax", "32", "--kimg", "0.4",
-             "--tick", "0.08", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1",
+DEMO_ARGS = ["--cfg", "stylegan3-t", "--batch", "8", "--cbase", "1024", "--cmax", "32", "--kimg", "0.2",
+             "--tick", "0.04", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1",
              "--run-name", "demo-emoji32-t"]
 
 
