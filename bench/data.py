@@ -115,8 +115,10 @@ def main() -> None:
                      _temp_dir=tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
             break
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a start-up timeout
-            print(f"ray.init failed ({exc}); retrying", file=sys.stderr)
             ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"ray.init failed ({exc}); retrying", file=sys.stderr)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     rows = []
