@@ -144,19 +144,18 @@ def _init_ray() -> None:
     import ray
     import ray.data
 
-    for attempt in range(3):
-        if ray.is_initialized():
-            break
+    if not ray.is_initialized():
         # RAY_ADDRESS set (e.g. by `ray job submit`): join that cluster; else a private local instance,
         # never a stranger's cluster on a shared machine.
         try:
             ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
                      configure_logging=False)
-        except Exception as e:  # Ray gives a local raylet 30 s to register: too little on a busy machine
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-            print(f"Ray did not start in time ({e}); retrying", file=sys.stderr, flush=True)
-            ray.shutdown()
+        except Exception as e:
+            if "timed out during startup" in str(e):  # Ray gives a local raylet a fixed 30 s to register
+                raise SystemExit("error: Ray could not start a local node within 30 s (this machine is too "
+                                 "busy); run the command again, or start one with `ray start --head` and set "
+                                 "RAY_ADDRESS=auto") from None
+            raise
     ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per tick instead
 
 
