@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import math
 import os
 import sys
@@ -342,6 +343,23 @@ def make_trial_callbacks(cfg):
     from pipeline.tracking import MlflowCallbacks
 
     class TrialCallbacks(MlflowCallbacks):
+        def on_start(self, trainer, resumed: bool) -> None:
+            parent, trial = os.environ.get(PARENT_ENV), os.environ.get(TRIAL_ENV)
+            if not resumed and parent and trial:
+                # A trial restarted before its first checkpoint (sweep interrupted early) keeps its child run.
+                try:
+                    exp_id = self.client.get_run(parent).info.experiment_id
+                    found = self.client.search_runs(
+                        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`stylegan3.tune.trial` = '{trial}'",
+                        max_results=1)
+                except Exception as exc:  # noqa: BLE001 - tracking never stops training; a second child run at worst
+                    logging.getLogger("stylegan3.tune").warning("MLflow: no lookup of trial %s's run (%s)", trial, exc)
+                    found = []
+                if found:
+                    trainer.extra["mlflow_run_id"] = found[0].info.run_id
+                    resumed = True
+            super().on_start(trainer, resumed)
+
         def _create_run(self, trainer) -> None:
             super()._create_run(trainer)
             tags = {"stylegan3.tune.sweep": os.environ.get(SWEEP_ENV, ""),
