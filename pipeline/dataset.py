@@ -66,10 +66,10 @@ def _info(args: argparse.Namespace) -> None:
 def _save_grid(info, out_path: str, count: int) -> int:
     """Save the first `count` images of the set as a near-square grid PNG; returns how many it holds."""
     import numpy as np
-    import PIL.Image
 
     from pipeline import storage
     from pipeline.data.images import decode_png_into
+    from pipeline.images import save_png, tile
 
     res, ch = info.resolution, info.channels
     images = []
@@ -84,14 +84,7 @@ def _save_grid(info, out_path: str, count: int) -> int:
                         break
         if len(images) == count:
             break
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    grid = np.zeros((rows * res, cols * res, ch), dtype=np.uint8)
-    for i, arr in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * res:(r + 1) * res, c * res:(c + 1) * res] = arr
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[ch]
-    PIL.Image.fromarray(grid[..., 0] if ch == 1 else grid, mode).save(out_path)
+    save_png(tile(np.stack(images).transpose(0, 3, 1, 2), cols=math.ceil(math.sqrt(len(images)))), out_path)
     return len(images)
 
 
