@@ -10,7 +10,7 @@ One node with 8 GPUs (an FFHQ-like set at 256x256, the official recommended sett
 
     python -m pipeline.dataset build ~/ffhq256.zip s3://bucket/ffhq256
     python -m pipeline.train --cfg stylegan3-t --data s3://bucket/ffhq256 --batch 32 --gamma 2 \\
-        --workers 8 --mirror --storage s3://bucket/runs --run-name ffhq256-t
+        --workers 8 --mirror 1 --storage s3://bucket/runs --run-name ffhq256-t
 
 Many nodes (a Ray cluster: `ray up ray_cluster.yaml`, or KubeRay from infra/): submit the same command as a job;
 running it again with the same --run-name and --storage continues from the latest checkpoint:
