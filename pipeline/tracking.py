@@ -33,8 +33,8 @@ log = logging.getLogger("stylegan3.tracking")
 
 CHAMPION_ALIAS = "champion"
 LOWER_IS_BETTER = ("swd", "fid", "kid")  # quality metrics that pick the champion, in order of preference
-DEFAULT_METRIC_SAMPLES = 1000  # images per snapshot metric (env STYLEGAN3_METRIC_SAMPLES)
-DEFAULT_METRICS_NUM = 1000  # generated images per metric at each snapshot (the paper's 50k is for final numbers)
+# Images per metric at each snapshot (env STYLEGAN3_METRIC_SAMPLES); the paper's 50k is for final numbers.
+DEFAULT_METRIC_SAMPLES = 1000
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
@@ -327,14 +327,26 @@ class MlflowCallbacks(TrainCallbacks):
         shutil.rmtree(snap, ignore_errors=True)
 
     def _compute_metrics(self, trainer, directory: str) -> dict[str, float]:
-        """The quality/equivariance metrics of `--metrics`, on G_ema, written beside the checkpoint too."""
+        """The quality/equivariance metrics of `--metrics` on G_ema; they join the tick's report and meta.json."""
         names = list(self.cfg.run.metrics)
         if not names:
             return {}
-        from pipeline.metrics import compute_metrics
+        import torch
 
-        num = getattr(self.cfg.run, "metrics_num", None) or DEFAULT_METRICS_NUM
-        values = compute_metrics(trainer.G_ema, names, num_samples=num, real=self.cfg.data.uri,
+        from pipeline.metrics import compute_metrics
+        from pipeline.metrics.core import DATA_METRICS, RealImages
+
+        if self._real is None and any(n in DATA_METRICS for n in names):
+            # Read the reals once per run and keep them: every snapshot compares against the same images.
+            real = RealImages.from_uri(self.cfg.data.uri)
+            batches, n = [], 0
+            for batch in real.open():
+                batches.append(batch)
+                n += len(batch)
+                if n >= self.metric_samples:
+                    break
+            self._real = torch.cat(batches)[: self.metric_samples]
+        values = compute_metrics(trainer.G_ema, names, num_samples=self.metric_samples, real=self._real,
                                  log=lambda line: log.info("metrics: %s", line))
         return {k: float(v) for k, v in values.items() if v is not None}
 

@@ -113,17 +113,12 @@ def fakes_grid(G: torch.nn.Module, batch: int = 8, num: int | None = None, seed:
     c = torch.zeros([num, G.c_dim], device=device)
     if G.c_dim:
         c[torch.arange(num), torch.arange(num) % G.c_dim] = 1
-    imgs = torch.cat([G(zz, cc) for zz, cc in zip(z.split(batch), c.split(batch))])
-    imgs = (imgs * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu()
-    cols = 2 ** math.ceil(math.log2(math.sqrt(num)))
-    rows = math.ceil(num / cols)
-    C, H, W = imgs.shape[1:]
-    grid = torch.zeros([rows * cols, C, H, W], dtype=torch.uint8)
-    grid[:num] = imgs
-    return grid.reshape(rows, cols, C, H, W).permute(0, 3, 1, 4, 2).reshape(rows * H, cols * W, C).numpy()
+    from pipeline.images import tile, to_uint8
+
+    return tile(torch.cat([to_uint8(G(zz, cc)) for zz, cc in zip(z.split(batch), c.split(batch))]))
 
 
 def save_grid(grid: np.ndarray, path: str | os.PathLike) -> None:
-    from PIL import Image
+    from pipeline.images import save_png
 
-    Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid[:, :, :3]).save(path)
+    save_png(grid[:, :, :3] if grid.shape[2] == 4 else grid, path)
