@@ -113,7 +113,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # The dashboard serves the state API that Ray Train's placement-group cleaner queries; without it the
+        # CPU reservations of finished Train runs (e.g. stopped Tune trials) are never released.
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=services.free_port(), log_to_driver=False,
                  _temp_dir=str(_RAY_TMP), configure_logging=False)
     try:
         yield ray
