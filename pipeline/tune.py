@@ -331,6 +331,8 @@ def run_trial(params: dict[str, float], sweep: dict[str, Any]) -> None:
         env[REALS_ENV] = sweep["reals"]
     if sweep.get("parent_run_id"):
         env[PARENT_ENV] = sweep["parent_run_id"]
+    if sweep.get("tracking_uri"):
+        env["MLFLOW_TRACKING_URI"] = sweep["tracking_uri"]
     result = build_trainer(cfg, dataset_info(cfg.data.uri), env_vars=env, progress=False,
                            callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
@@ -475,7 +477,9 @@ def make_tuner(sweep: Sweep, max_concurrent: int, parent_run_id: str | None, cal
     from ray.tune.search import BasicVariantGenerator
 
     payload = {"base": sweep.base.to_dict(), "trials_storage": sweep.trials_storage, "name": sweep.name,
-               "metric_samples": sweep.metric_samples, "parent_run_id": parent_run_id, "reals": real_images(sweep)}
+               "metric_samples": sweep.metric_samples, "parent_run_id": parent_run_id, "reals": real_images(sweep),
+               # The driver's resolved tracking URI: trial actors inherit the cluster's environment, not ours.
+               "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI")}
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=payload), {"CPU": TRIAL_CPU})
     fs, path = _tune_fs(sweep.root)
     exp_path = f"{path.rstrip('/')}/tune"
