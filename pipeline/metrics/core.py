@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 
+from pipeline.images import to_uint8  # spec §f conversion, shared with generation and grids
+
 from pipeline.metrics import equivariance, fid as fidlib, spectrum as spectrumlib, swd as swdlib
 
 EQ_METRICS = equivariance.KINDS
@@ -89,12 +91,6 @@ def as_real_images(real) -> Optional[RealImages]:
     if isinstance(real, (str, os.PathLike)):
         return RealImages.from_uri(str(real))
     raise TypeError(f"real images: expected a uint8 tensor, a data URI or RealImages, got {type(real).__name__}")
-
-
-def to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Generator output [N, C, H, W] float in ~[-1, 1] -> uint8, `clamp(img·127.5 + 128, 0, 255)` truncated
-    (spec §f: the +128 then truncation rounds)."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
