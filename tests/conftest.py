@@ -4,7 +4,7 @@ Fixtures:
 - `s3_server`   a SeaweedFS S3 gateway on 127.0.0.1; AWS_* variables point every client at it.
 - `s3_bucket`   a fresh, empty bucket per test: returns "s3://<name>".
 - `mlflow_server` an `mlflow server` (sqlite backend, artifacts in SeaweedFS); `.info["url"]`; `restart`able.
-- `ray_local`   `ray.init(num_cpus=2)` in this process, with this machine's settings.
+- `ray_local`   `ray.init(num_cpus=2)` in this process, with this machine's settings; one per test module.
 - `ray_head`    `ray start --head` with a dashboard, for `ray job submit` tests; `.info["dashboard_url"]`.
 Every server is stopped by PID at the end of the session.
 """
@@ -108,8 +108,10 @@ class _Restartable:
         self.info = self.server.info
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
+    """A fresh local Ray per test module: actors, placement groups or CPU reservations that one module's runs
+    leave behind (a failed Train run, a stopped Tune trial) cannot starve the next module's."""
     import ray
 
     if not ray.is_initialized():

@@ -8,9 +8,11 @@ streams its data shard, reports metrics every tick and a full checkpoint every `
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
+import tempfile
 import time
 from typing import Any, Iterator
 
@@ -257,7 +259,27 @@ def _maybe_fault(rank: int, cur_nimg: int) -> None:
     r, nimg, marker = spec.split(":", 2)
     if rank == int(r) and cur_nimg >= int(nimg) and not os.path.exists(marker):
         open(marker, "w").close()
+        # Ray Train's controller collects reported checkpoints when it polls the workers (every
+        # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a worker that dies before the next poll takes its
+        # last report with it. Wait a few polls so that the fault hits a run whose checkpoint is registered.
+        time.sleep(4 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) + 2)
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _local_checkpoint_dir(checkpoint) -> Iterator[str]:
+    """The checkpoint as a local directory, private to this worker.
+
+    Not ``Checkpoint.as_directory()``: for remote storage it downloads into one temporary directory shared by
+    every worker on the node, and a worker that arrives after another's download has finished downloads again
+    into the same files while the first one reads them (seen as an EOFError in torch.load on resume)."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
+        yield checkpoint.to_directory(tmp)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -278,7 +300,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+        with _local_checkpoint_dir(checkpoint) as d:
             ckpt_io.restore(trainer, d)
     elif cfg.run.resume:
         ckpt_io.load_weights(trainer, cfg.run.resume)

@@ -92,9 +92,6 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards
     assert ckpts == [checkpoint.dir_name(16)]
 
 
-@pytest.mark.skipif(os.environ.get("CI") == "true", reason=(
-    "known flake: failed once inside the full suite on 2026-11-25 (passes alone, 76 s); "
-    "skipped in CI until diagnosed -- run it with: pytest tests/pipeline/test_train_ray.py"))
 def test_worker_killed_mid_run_is_restarted_from_last_checkpoint(ray_local, tiny_shards, tmp_path):
     record, marker = tmp_path / "record.jsonl", tmp_path / "fault-done"
     cfg, info = prepare(tiny_config(tiny_shards, str(tmp_path / "runs"), "fault", run={"max_failures": 1},
