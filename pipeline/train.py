@@ -140,16 +140,22 @@ def _local_ray_env() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _init_ray() -> None:
+def _init_ray(dashboard: bool = False) -> None:
+    """Join RAY_ADDRESS's cluster, or start a private local instance. dashboard: start the local instance with
+    its dashboard on 127.0.0.1 -- it serves the state API through which Ray Train's placement-group cleaner
+    releases the CPUs of a Train run whose controller was killed (a trial stopped early by Tune); without it
+    those reservations leak and later trials wait forever."""
     import ray
     import ray.data
 
     if not ray.is_initialized():
         # RAY_ADDRESS set (e.g. by `ray job submit`): join that cluster; else a private local instance,
         # never a stranger's cluster on a shared machine.
+        local = not os.environ.get("RAY_ADDRESS")
+        extra = {"dashboard_host": "127.0.0.1"} if dashboard and local else {}
         try:
-            ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False,
-                     configure_logging=False)
+            ray.init(address="local" if local else None, include_dashboard=dashboard and local,
+                     configure_logging=False, **extra)
         except Exception as e:
             if "timed out during startup" in str(e):  # Ray gives a local raylet a fixed 30 s to register
                 raise SystemExit("error: Ray could not start a local node within 30 s (this machine is too "

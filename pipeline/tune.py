@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None, *, callbacks: list | None = None) -> int
     args = make_parser().parse_args(argv)
     try:
         sweep = plan(args, argv)
-        _init_ray()
+        _init_ray(dashboard=True)
         summary = run_sweep(sweep, callbacks=callbacks)
     except (ConfigError, SpaceError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@ Fixtures:
 - `s3_bucket`   a fresh, empty bucket per test: returns "s3://<name>".
 - `mlflow_server` an `mlflow server` (sqlite backend, artifacts in SeaweedFS); `.info["url"]`; `restart`able.
 - `ray_local`   `ray.init(num_cpus=2)` in this process, with this machine's settings; one per test module.
-- `ray_head`    `ray start --head` with a dashboard, for `ray job submit` tests; `.info["dashboard_url"]`.
+- `ray_head`    `ray start --head` with a dashboard, for `ray job submit` tests; `.info["dashboard_url"]`; one
+                per test module.
 Every server is stopped by PID at the end of the session.
 """
 
@@ -113,21 +114,31 @@ def ray_local():
     """A fresh local Ray per test module: actors, placement groups or CPU reservations that one module's runs
     leave behind (a failed Train run, a stopped Tune trial) cannot starve the next module's."""
     import ray
+    from ray._private.utils import get_ray_address_file, write_ray_address
 
+    address_file = None
     if not ray.is_initialized():
         # The dashboard serves the state API that Ray Train's placement-group cleaner queries; without it the
         # CPU reservations of finished Train runs (e.g. stopped Tune trials) are never released.
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=services.free_port(), log_to_driver=False,
                  _temp_dir=str(_RAY_TMP), configure_logging=False)
+        # That cleaner finds the cluster through RAY_ADDRESS or this file under RAY_TMPDIR (ours); with a
+        # second Ray on the machine (ray_head) and neither, it fails ("Found multiple active Ray instances").
+        address_file = Path(get_ray_address_file(None))  # $RAY_TMPDIR/ray/ray_current_cluster, as workers see it
+        address_file.parent.mkdir(parents=True, exist_ok=True)
+        write_ray_address(ray.get_runtime_context().gcs_address, None)
     try:
         yield ray
     finally:
+        if address_file:
+            address_file.unlink(missing_ok=True)  # else the next ray.init() would join this dead cluster
         ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head():
+    """`ray start --head` for one test module (not longer: see ray_local)."""
     server = services.start_ray_head(_SESSION_DIR / "ray-head")
     try:
         yield server
