@@ -2,8 +2,13 @@
 three training loss phases (Gmain, Dmain, Dreg) when pipeline.training.loss is importable.
 
 Each measurement runs in a fresh subprocess so that its peak RSS is its own. Times are the median of
---repeats runs after one warm-up, in seconds per call. The baseline is the official code's figures on a
-2-core machine of this kind, quoted from the project spec §i (measured elsewhere, not in this run).
+--repeats runs after one warm-up, in seconds per call.
+
+Baseline, run in the same command (--baseline naive, the default on CPU): the same networks with upfirdn2d computed
+the direct way -- zero-insert, pad, one depthwise convolution at the full upsampled rate, then keep every
+`down`-th sample -- in both directions. That is how a straightforward reference implementation of the op works
+(the official code's CPU path among them: spec §i), and it gives the same outputs (the check is printed). The
+official code's own figures (spec §i, measured elsewhere) are printed beside them for orientation only.
 
     python bench/model.py                      # 64x64, T, cbase 8192, cmax 512, batch 4, CPU
     python bench/model.py --preset stylegan3-r --repeats 5
@@ -41,10 +46,36 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # Linux: KiB
 
 
+def _naive_pass(x, k, up, down, padding, flip_filter):
+    """upfirdn2d's per-pass computation done directly: zero-insert, pad, full-rate depthwise convolution, then
+    decimate (drop-in for ops.upfirdn2d._pass; identical values, far more work and memory when up > 1)."""
+    import torch.nn.functional as F
+
+    import importlib
+
+    _pad_axis = importlib.import_module("ops.upfirdn2d")._pad_axis
+
+    n, c, h, w = x.shape
+    (uy, ux), (dy, dx) = up, down
+    px0, px1, py0, py1 = padding
+    if uy > 1 or ux > 1:
+        z = x.new_zeros(n, c, h * uy, w * ux)
+        z[:, :, ::uy, ::ux] = x
+        x = z
+    x = _pad_axis(_pad_axis(x, 3, px0, px1), 2, py0, py1)
+    g = k if flip_filter else k.flip([0, 1])
+    return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), groups=c)[:, :, ::dy, ::dx]
+
+
 def run_one(args) -> dict:
     import torch
 
     import models
+
+    if args.naive:
+        import importlib
+
+        importlib.import_module("ops.upfirdn2d")._pass = _naive_pass  # (ops.upfirdn2d is also the function)
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -98,7 +129,10 @@ def run_one(args) -> dict:
             cpu_times.append(time.process_time() - c0)
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
-    out = {"measure": name, "median_s": statistics.median(times), "runs_s": times,
+    with torch.no_grad():  # a fixed output, to check that both formulations compute the same networks
+        torch.manual_seed(1)
+        check = G(torch.randn(2, G.z_dim, device=device), c[:2]).double().sum().item()
+    out = {"measure": name, "median_s": statistics.median(times), "runs_s": times, "check": check,
            "median_cpu_s": statistics.median(cpu_times), "loadavg_1min": [load_before, os.getloadavg()[0]],
            "peak_rss_gb": _peak_rss_gb(),
            "G_params": sum(p.numel() for p in G.parameters()), "D_params": sum(p.numel() for p in D.parameters())}
@@ -118,6 +152,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated subset of {MEASURES}")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--baseline", default="auto", choices=["auto", "naive", "none"],
+                   help="also run every measure with the direct (full-rate) upfirdn2d as the baseline: 'auto' = on "
+                        "CPU only")
+    p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # internal: this subprocess is naive
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)   # internal: one measure, in a subprocess
     args = p.parse_args()
 
@@ -128,35 +166,65 @@ def main() -> None:
     base = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution),
             "--cbase", str(args.cbase), "--cmax", str(args.cmax), "--batch", str(args.batch),
             "--repeats", str(args.repeats), "--device", args.device]
-    results = []
+    naive = args.baseline == "naive" or (args.baseline == "auto" and args.device == "cpu")
+    results, baseline_results = [], []
     baseline = SPEC_BASELINE.get(args.preset, {}) if (args.resolution, args.cbase, args.cmax, args.batch,
                                                       args.device) == (64, 8192, 512, 4, "cpu") else {}
     print(f"# {args.preset} {args.resolution}x{args.resolution} cbase {args.cbase} cmax {args.cmax} batch "
           f"{args.batch} on {args.device}, median of {args.repeats} after 1 warm-up; torch threads default, "
           f"{os.cpu_count()} CPUs visible")
-    print(f"{'measure':<10} {'ours [s]':>9} {'official [s]*':>13} {'speed-up':>9} {'peak RSS [GB]':>14} "
-          f"{'CPU [s]':>8} {'load avg':>9}")
-    for name in [m.strip() for m in args.measures.split(",") if m.strip()]:
-        proc = subprocess.run(base + ["--only", name], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    print(f"{'measure':<10} {'ours [s]':>9} {'naive [s]':>10} {'speed-up':>9} {'RSS ours':>9} {'RSS naive':>10} "
+          f"{'official*':>10} {'load avg':>9}")
+
+    def measure(name: str, naive_ops: bool):
+        proc = subprocess.run(base + ["--only", name] + (["--naive"] if naive_ops else []), capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{name:<10} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            print(f"{name:<10} failed{' (naive)' if naive_ops else ''}: "
+                  f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            return None
+        return json.loads(line[len("RESULT "):])
+
+    for name in [m.strip() for m in args.measures.split(",") if m.strip()]:
+        r = measure(name, False)
+        if r is None:
             continue
-        r = json.loads(line[len("RESULT "):])
+        b = measure(name, True) if naive else None
         results.append(r)
+        if b is not None:
+            baseline_results.append(b)
+            same = abs(r["check"] - b["check"]) <= 1e-4 * max(1.0, abs(b["check"]))
+            if not same:
+                print(f"  WARNING: outputs differ between the two formulations: {r['check']} vs {b['check']}")
+        load = "{:.0f}-{:.0f}".format(r["loadavg_1min"][0], (b or r)["loadavg_1min"][1])
         ref = baseline.get(name)
-        ratio = f"{ref / r['median_s']:.2f}x" if ref else "-"
-        load = "{:.0f}-{:.0f}".format(*r["loadavg_1min"])
-        print(f"{name:<10} {r['median_s']:>9.3f} {ref if ref else '-':>13} {ratio:>9} {r['peak_rss_gb']:>14.2f} "
-              f"{r['median_cpu_s']:>8.2f} {load:>9}", flush=True)
+        print(f"{name:<10} {r['median_s']:>9.3f} {b['median_s'] if b else float('nan'):>10.3f} "
+              f"{(b['median_s'] / r['median_s']) if b else float('nan'):>8.2f}x {r['peak_rss_gb']:>9.2f} "
+              f"{b['peak_rss_gb'] if b else float('nan'):>10.2f} {ref if ref else '-':>10} {load:>9}", flush=True)
+
+    by = {r["measure"]: r for r in results}
+    by_b = {r["measure"]: r for r in baseline_results}
+    if {"Gmain", "Dmain", "Dreg"} <= set(by):
+        def step(d):
+            return d["Gmain"]["median_s"] + d["Dmain"]["median_s"] + d["Dreg"]["median_s"] / 16
+
+        line = f"{'step':<10} {step(by):>9.3f}"
+        if {"Gmain", "Dmain", "Dreg"} <= set(by_b):
+            line += (f" {step(by_b):>10.3f} {step(by_b) / step(by):>8.2f}x "
+                     f"{max(by[k]['peak_rss_gb'] for k in ('Gmain', 'Dmain', 'Dreg')):>9.2f} "
+                     f"{max(by_b[k]['peak_rss_gb'] for k in ('Gmain', 'Dmain', 'Dreg')):>10.2f}")
+        if baseline:
+            line += f" {baseline['Gmain'] + baseline['Dmain'] + baseline['Dreg'] / 16:>10.2f}"
+        print(line + "   (Gmain + Dmain + Dreg/16: one training step, lazy R1 amortised)")
     if baseline:
         print(f"* official code, spec §i (measured elsewhere on a 2-core machine of this kind; peak RSS "
               f"~{SPEC_BASELINE_PEAK_RSS_GB:.0f} GB over all measures)")
     if results:
         print(f"G params {results[0]['G_params']:,}  D params {results[0]['D_params']:,}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
+                                         "naive_baseline": baseline_results}, indent=2))
 
 
 if __name__ == "__main__":
