@@ -18,6 +18,7 @@ official code's own figures (spec §i, measured elsewhere) are printed beside th
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -51,9 +52,7 @@ def _naive_pass(x, k, up, down, padding, flip_filter):
     decimate (drop-in for ops.upfirdn2d._pass; identical values, far more work and memory when up > 1)."""
     import torch.nn.functional as F
 
-    import importlib
-
-    _pad_axis = importlib.import_module("ops.upfirdn2d")._pad_axis
+    _pad_axis = importlib.import_module("ops.upfirdn2d")._pad_axis  # (ops.upfirdn2d is also the function)
 
     n, c, h, w = x.shape
     (uy, ux), (dy, dx) = up, down
@@ -73,9 +72,7 @@ def run_one(args) -> dict:
     import models
 
     if args.naive:
-        import importlib
-
-        importlib.import_module("ops.upfirdn2d")._pass = _naive_pass  # (ops.upfirdn2d is also the function)
+        importlib.import_module("ops.upfirdn2d")._pass = _naive_pass
 
     torch.manual_seed(0)
     device = torch.device(args.device)
