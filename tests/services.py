@@ -101,7 +101,8 @@ def alive(pid: int) -> bool:
 
 
 def stop_tree(pids: list[int], grace: float = 5.0) -> None:
-    """SIGTERM every PID, wait up to `grace` seconds, SIGKILL the survivors."""
+    """SIGTERM every PID, wait up to `grace` seconds, SIGKILL the survivors and wait (up to `grace`) until they
+    are gone."""
     for p in pids:
         try:
             os.kill(p, signal.SIGTERM)
@@ -116,6 +117,10 @@ def stop_tree(pids: list[int], grace: float = 5.0) -> None:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # A killed process may take a moment to go (a large address space to tear down on a busy machine).
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
 
 
 def wait_until(check, timeout: float, what: str, log: Path | None = None, proc=None) -> None:

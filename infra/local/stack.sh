@@ -73,7 +73,8 @@ process_tree() {
     }'
 }
 
-# SIGTERM the process trees of the named services together, wait up to 10 s, SIGKILL what is left
+# SIGTERM the process trees of the named services together, wait up to 10 s, SIGKILL what is left and
+# wait (up to 10 s more) until it is gone
 stop_services() {
   local name pid pids=() tree=() p waited=0
   for name in "$@"; do
@@ -95,6 +96,18 @@ stop_services() {
     done
     for p in "${pids[@]}"; do
       if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+    done
+    # A killed process can take a moment to go (a large address space to tear down on a busy machine):
+    # return only when all are gone, so that `down` means stopped.
+    waited=0
+    while (( waited < 50 )); do
+      local any=0
+      for p in "${pids[@]}"; do if alive "$p"; then any=1; break; fi; done
+      (( any )) || break
+      sleep 0.2; waited=$((waited + 1))
+    done
+    for p in "${pids[@]}"; do
+      if alive "$p"; then log "process $p is still there after SIGKILL: $(ps -o stat=,args= -p "$p" 2>/dev/null || true)"; fi
     done
   fi
   if [[ " $* " == *" ray "* && -f "$STACK_DIR/ray.tmpdir" ]]; then

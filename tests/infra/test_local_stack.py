@@ -61,6 +61,20 @@ def _recorded_trees(state: Path) -> dict[str, list[int]]:
     return trees
 
 
+def _leftovers(trees: dict[str, list[int]]) -> list[str]:
+    """The recorded processes still running, with their command lines (for the failure message)."""
+    out = []
+    for name, tree in trees.items():
+        for p in tree:
+            if services.alive(p):
+                try:
+                    cmd = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    cmd = "?"
+                out.append(f"{name}: pid {p}: {cmd[:200]}")
+    return out
+
+
 def _listening_addresses(pids: set[int]) -> list[str]:
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     addrs = []
@@ -127,8 +141,8 @@ def test_stack_up_job_down(tmp_path):
         down = _stack("down", state, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
 
-    leftover = [p for tree in trees.values() for p in tree if services.alive(p)]
-    assert not leftover, f"processes left running after down: {leftover}"
+    leftover = _leftovers(trees)
+    assert not leftover, f"processes left running after down: {leftover}\n{down.stderr}"
     assert not list(state.glob("*.pid"))
     assert _stack("status", state, timeout=60).returncode != 0
 
@@ -149,5 +163,5 @@ def test_stack_up_job_down(tmp_path):
     finally:
         down = _stack("down", state, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    leftover = [p for tree in trees.values() for p in tree if services.alive(p)]
-    assert not leftover, f"processes left running after the second down: {leftover}"
+    leftover = _leftovers(trees)
+    assert not leftover, f"processes left running after the second down: {leftover}\n{down.stderr}"
