@@ -8,8 +8,10 @@ Never the default webdataset decoder and never pickle: only PNG, integer text (.
 (.json) are ever parsed. Reading and decoding fuse into one task per shard (same `num_cpus`), so raw bytes
 never travel through the object store.
 
-Time is counted in images, not epochs: `iter_batches_forever` / `ImageStream` restart the dataset with a new
-shard order for every pass and carry a partial batch over the pass boundary, so every batch is full.
+Time is counted in images, not epochs: `iter_batches_forever` / `ImageStream` read the set over and over, with a
+new shard order for every pass, and carry a partial batch over to the next read, so every batch is full. One
+Ray Data execution covers several passes when the set has few shards (`default_passes`): an execution
+costs seconds to start on a small node, which would otherwise dominate a small set's passes (bench/data.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,26 @@ from pipeline.data.manifest import DatasetInfo, check_info, dataset_info
 # whole or half CPUs) never starve the input pipeline on a small node (PLATFORM.md, "CPU starvation").
 DATA_NUM_CPUS = 0.25
 DEFAULT_CORRUPT_BUDGET = 100
+# An execution reads at least this many shards (more passes per execution for sets with fewer shards) ...
+MIN_SHARDS_PER_EXECUTION = 256
+# ... and covers at most this many passes.
+MAX_PASSES_PER_EXECUTION = 256
+
+
+def default_passes(num_shards: int) -> int:
+    """How many passes over a set of `num_shards` shards one Ray Data execution should cover: enough to read
+    at least MIN_SHARDS_PER_EXECUTION shards (1 for sets with that many), at most MAX_PASSES_PER_EXECUTION."""
+    return max(1, min(MAX_PASSES_PER_EXECUTION, -(-MIN_SHARDS_PER_EXECUTION // max(1, num_shards))))
+
+
+def default_concurrency() -> int:
+    """Read+decode tasks that run at once: two per CPU of the Ray cluster. Two keep every core busy across
+    task boundaries; many more only add Ray worker processes (each imports pyarrow and pandas on start). On
+    the 2-core box (bench/data.py, 64x64): 2 tasks 3.2k img/s, 4 tasks 4.3-4.6k, no limit (8 at 0.25 CPU,
+    new workers every execution) ~1.5k."""
+    import ray
+
+    return max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,15 +134,17 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
 
 
 def make_dataset(uri: str, resolution: int | None = None, channels: int | None = None, use_labels: bool = False,
-                 mirror: bool = False, seed: int = 0, *, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                 counter=None, corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, info: DatasetInfo | None = None):
-    """One pass over the shard set at `uri` as a `ray.data.Dataset` whose batches are
+                 mirror: bool = False, seed: int = 0, *, epoch: int = 0, passes: int = 1, rank: int = 0,
+                 world_size: int = 1, counter=None, corrupt_budget: int = DEFAULT_CORRUPT_BUDGET,
+                 info: DatasetInfo | None = None, concurrency: int | None = None):
+    """`passes` passes (default one) over the shard set at `uri` as one `ray.data.Dataset` whose batches are
     {"img": uint8 [N, C, H, W], "c": float32 [N, c_dim]} (c_dim 0 when `use_labels` is False).
 
     The manifest is checked against `resolution`/`channels`/`use_labels` (None = take the set's) and a
-    mismatch raises DataError. Shards are visited in an order drawn from (seed, epoch); with `world_size`
-    > 1, rank r reads every world_size-th shard of that order. `counter` (see `corrupt_counter`) collects
-    corrupt-sample counts; one is made when None. The counter actor is `ds.stylegan3_counter`."""
+    mismatch raises DataError. Pass `epoch + j` visits the shards in an order drawn from (seed, epoch + j);
+    with `world_size` > 1, rank r reads every world_size-th shard of each pass's order. At most `concurrency`
+    read+decode tasks run at once (default: `default_concurrency()`). `counter` (see `corrupt_counter`)
+    collects corrupt-sample counts; one is made when None. The counter actor is `ds.stylegan3_counter`."""
     import ray
 
     info = info or dataset_info(uri)
@@ -128,19 +152,26 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
     if world_size > len(info.shards):
         raise DataError(f"{uri} has {len(info.shards)} shards, fewer than the {world_size} data readers: rebuild "
                         f"with a --shard-size of at most {info.num_images // world_size}")
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
     fs, root = storage.pyarrow_fs(uri)
-    order = np.random.default_rng([seed, epoch]).permutation(len(info.shards))
-    paths = [f"{root}/{info.shards[i][0]}" for i in order[rank::world_size]]
+    paths = []
+    for j in range(passes):
+        order = np.random.default_rng([seed, epoch + j]).permutation(len(info.shards))
+        paths += [f"{root}/{info.shards[i][0]}" for i in order[rank::world_size]]
     remote_args: dict[str, Any] = {}
     if storage.is_s3(uri):
         remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
     if counter is None:
         counter = corrupt_counter(corrupt_budget)
-    # One read task per shard and no block splitting, so Ray fuses read and decode into one task.
+    concurrency = min(concurrency or default_concurrency(), len(paths))
+    # One read task per shard and no block splitting, so Ray fuses read and decode into one task (same
+    # num_cpus and concurrency on both).
     ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, num_cpus=DATA_NUM_CPUS,
-                                  override_num_blocks=len(paths), **remote_args)
+                                  override_num_blocks=len(paths), concurrency=concurrency, **remote_args)
     ds = ds.map_batches(
         _decode_batch, batch_format="numpy", batch_size=None, zero_copy_batch=True, num_cpus=DATA_NUM_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
         fn_kwargs=dict(resolution=info.resolution, channels=info.channels, label_kind=info.label_kind,
                        c_dim=info.c_dim, use_labels=use_labels, mirror=mirror, counter=counter,
                        budget=corrupt_budget),
@@ -168,31 +199,36 @@ def _unwrap_data_error(exc: BaseException) -> DataError | None:
 
 
 def iter_batches_forever(source: Callable[[int], Any], batch_size: int, *, seed: int = 0, start_pass: int = 0,
-                         shuffle_buffer: int | None = None, prefetch_blocks: int = 4,
+                         passes_per_source: int = 1, shuffle_buffer: int | None = None, prefetch_blocks: int = 4,
                          device=None) -> Iterator[dict]:
     """Yield full batches {"img": torch.uint8 [B, C, H, W], "c": torch.float32 [B, c_dim]} forever.
 
-    `source(pass_index)` returns what to read for that pass: a `ray.data.Dataset` (e.g. from
-    `make_dataset(..., epoch=pass_index)`) or a `DataIterator` (e.g. `ray.train.get_dataset_shard("train")`).
+    `source(pass_index)` returns what to read for passes pass_index .. pass_index + passes_per_source - 1: a
+    `ray.data.Dataset` (e.g. from `make_dataset(..., epoch=pass_index, passes=passes_per_source)`) or a
+    `DataIterator` (e.g. `ray.train.get_dataset_shard("train")`). Each source is read once (one Ray Data
+    execution), then the next one is asked for.
 
     Whole blocks come out of Ray Data as they are (no re-batching there: zero-copy tensors) and are shuffled
     here: rows collect in a buffer of at least `shuffle_buffer` rows (default 4 batches); each time it is
-    full, it is permuted with a generator seeded by (seed, pass) and its first rows leave as batches while
-    the rest stay to mix with the next blocks. At the end of a pass the buffer is permuted and emptied down
-    to less than one batch; those rows lead the next pass's first batch, so passes do not mix otherwise. A DataError raised in a decode task
-    (corrupt-sample budget) is re-raised as itself."""
+    full, it is permuted with a generator seeded by (seed, first pass of the source) and its first rows leave
+    as batches while the rest stay to mix with the next blocks. At the end of a source the buffer is permuted
+    and emptied down to less than one batch; those rows lead the next source's first batch, so reads do not
+    mix otherwise (within one source, rows of neighbouring passes can mix in the buffer). A DataError raised
+    in a decode task (corrupt-sample budget) is re-raised as itself."""
     import torch
 
+    if passes_per_source < 1:
+        raise ValueError(f"passes_per_source must be >= 1, got {passes_per_source}")
     keep = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
     buf: dict | None = None
-    head = 0  # rows carried over from the previous pass: they lead the next batch, in their order
+    head = 0  # rows carried over from the previous source: they lead the next batch, in their order
     pass_index = start_pass
 
     def drain(buf: dict, leave: int, gen) -> Iterator[dict]:
         nonlocal head
         n = len(buf["img"])
         perm = torch.cat([torch.arange(head), head + torch.randperm(n - head, generator=gen)])
-        shuffled = {k: v[perm.to(v.device)] for k, v in buf.items()}
+        shuffled = {k: v.index_select(0, perm.to(v.device)) for k, v in buf.items()}  # 4x faster than v[perm]
         n_out = max(0, n - leave) // batch_size * batch_size
         for start in range(0, n_out, batch_size):
             yield {k: v[start:start + batch_size] for k, v in shuffled.items()}
@@ -217,25 +253,30 @@ def iter_batches_forever(source: Callable[[int], Any], batch_size: int, *, seed:
                 raise DataError(str(err)) from exc
             raise
         if rows == 0:
-            raise DataError(f"pass {pass_index} of the data produced no images (every sample corrupt, or no shards)")
+            last = pass_index + passes_per_source - 1
+            which = f"pass {pass_index}" if last == pass_index else f"passes {pass_index}-{last}"
+            raise DataError(f"{which} of the data produced no images (every sample corrupt, or no shards)")
         if buf is not None:
             yield from drain(buf, 0, gen)
             head = len(buf["img"])
-        pass_index += 1
+        pass_index += passes_per_source
 
 
 class ImageStream:
     """The training loop's data: an endless, shuffled stream of full batches from a shard set.
 
     batches: {"img": torch.uint8 [batch_size, C, H, W], "c": torch.float32 [batch_size, c_dim]}.
-    `start_nimg` (images already shown, across all ranks) resumes at the pass holding that image, so a
-    resumed run sees the same shard orders as an uninterrupted one would from that pass on.
+    Pass p reads the shards in an order drawn from (seed, p). `start_nimg` (images already shown, across all
+    ranks) resumes at the pass holding that image, so a resumed run sees the same shard orders as an
+    uninterrupted one would from that pass on. Each Ray Data execution covers `passes_per_execution` passes
+    (default: `default_passes(number of shards)`; 1 keeps every pass apart in the shuffle buffer).
     `num_corrupt` counts corrupt samples skipped so far (for the training metrics)."""
 
     def __init__(self, uri: str, batch_size: int, *, resolution: int | None = None, channels: int | None = None,
                  use_labels: bool = False, mirror: bool = False, seed: int = 0, start_nimg: int = 0,
                  rank: int = 0, world_size: int = 1, shuffle_buffer: int | None = None,
-                 corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, device=None):
+                 corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, device=None,
+                 passes_per_execution: int | None = None):
         self.uri = uri
         self.info = dataset_info(uri)
         check_info(self.info, resolution, channels, use_labels)
@@ -245,16 +286,20 @@ class ImageStream:
         self.seed = seed
         self.pass_images = self.info.num_images * (2 if mirror else 1)  # over all ranks
         self.start_pass = start_nimg // self.pass_images
+        self.passes = passes_per_execution or default_passes(len(self.info.shards))
         self.shuffle_buffer = shuffle_buffer
         self.device = device
         self.counter = corrupt_counter(corrupt_budget)
 
     def dataset(self, pass_index: int):
-        return make_dataset(self.uri, epoch=pass_index, counter=self.counter, info=self.info, **self.kwargs)
+        """The Ray Data dataset for passes pass_index .. pass_index + self.passes - 1."""
+        return make_dataset(self.uri, epoch=pass_index, passes=self.passes, counter=self.counter, info=self.info,
+                            **self.kwargs)
 
     def __iter__(self) -> Iterator[dict]:
         return iter_batches_forever(self.dataset, self.batch_size, seed=self.seed, start_pass=self.start_pass,
-                                    shuffle_buffer=self.shuffle_buffer, device=self.device)
+                                    passes_per_source=self.passes, shuffle_buffer=self.shuffle_buffer,
+                                    device=self.device)
 
     @property
     def num_corrupt(self) -> int:

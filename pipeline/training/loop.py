@@ -316,7 +316,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     pass_images = max(int(loop_config.get("pass_images", 0)), 1)
     trainer.data_epoch = trainer.cur_nimg // pass_images
     batches = iter_batches_forever(lambda _pass: shard, cfg.per_worker_batch, seed=cfg.run.seed * 1009 + rank,
-                                   start_pass=trainer.data_epoch)
+                                   start_pass=trainer.data_epoch,
+                                   passes_per_source=int(loop_config.get("passes_per_execution", 1)))
     counter = loop_config.get("corrupt_counter")
     s = cfg.schedule
     total_nimg = int(s.kimg * 1000)

@@ -106,14 +106,18 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.data import make_dataset
+    from pipeline.data import default_passes, make_dataset
 
     use_gpu = _use_gpu(cfg)
+    # One Ray Data execution per pass would spend seconds starting each pass of a small set: each execution
+    # covers several passes (shard orders of passes 0..passes-1; the workers read it again and again).
+    passes = default_passes(len(info.shards))
     ds = make_dataset(cfg.data.uri, resolution=info.resolution, channels=info.channels,
-                      use_labels=cfg.data.cond, mirror=cfg.data.mirror, seed=cfg.run.seed)
+                      use_labels=cfg.data.cond, mirror=cfg.data.mirror, seed=cfg.run.seed, passes=passes)
     loop_config = {
         "config": cfg.to_dict(),
         "pass_images": info.num_images * (2 if cfg.data.mirror else 1),  # images in one pass over the data
+        "passes_per_execution": passes,  # passes in one read of the dataset shard
         "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
         "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
     }

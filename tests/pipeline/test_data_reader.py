@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import storage
-from pipeline.data import BuildOptions, DataError, ImageStream, build, make_dataset
+from pipeline.data import BuildOptions, DataError, ImageStream, build, default_passes, make_dataset
 from tests.pipeline.data_fixtures import GOOD, LABELS, make_source
 from tests.pipeline.test_data_build import expected_pixels
 
@@ -82,13 +82,38 @@ def take(stream, n: int) -> list[dict]:
 
 
 def test_stream_is_endless_and_full(ray_local, local_set):
-    stream = ImageStream(local_set, batch_size=4, resolution=RES, use_labels=True, seed=1)
+    # One pass per Ray Data execution: every pass is shuffled on its own.
+    stream = ImageStream(local_set, batch_size=4, resolution=RES, use_labels=True, seed=1, passes_per_execution=1)
     batches = take(stream, 3)  # 12 images: all 7 of pass 0, then 5 of pass 1 (the carry fills batch 2)
     assert all(b["img"].shape == (4, 3, RES, RES) and b["c"].shape == (4, 3) for b in batches)
     assert stream.num_corrupt == 0
     images = [img.numpy().tobytes() for b in batches for img in b["img"]]
     assert len(set(images[:7])) == len(GOOD)  # pass 0 shows each image exactly once
     assert set(images[7:]) <= set(images[:7])
+
+
+def test_one_execution_covers_several_passes(ray_local, local_set):
+    # 3 shards: the default packs enough passes into one execution to read 256 shards.
+    assert default_passes(3) == 86 and default_passes(256) == 1 and default_passes(10_000) == 1
+    assert default_passes(1) == 256  # capped
+
+    # make_dataset(passes=3): every image exactly 3 times, shard orders of epochs 4, 5, 6.
+    imgs, _ = read_all(make_dataset(local_set, epoch=4, passes=3))
+    counts = {}
+    for img in imgs:
+        counts[img.tobytes()] = counts.get(img.tobytes(), 0) + 1
+    assert len(counts) == len(GOOD) and set(counts.values()) == {3}
+
+    # The stream over 2-pass executions: the first 14 images are 2 passes, every image exactly twice; the
+    # 2 rows left over lead batch 4, then the next execution (passes 2-3) fills it.
+    stream = ImageStream(local_set, batch_size=4, resolution=RES, seed=1, passes_per_execution=2)
+    images = [img.numpy().tobytes() for b in take(stream, 7) for img in b["img"]]
+    assert len(images) == 28
+    first = {}
+    for img in images[:14]:
+        first[img] = first.get(img, 0) + 1
+    assert len(first) == len(GOOD) and set(first.values()) == {2}
+    assert set(images[14:]) <= set(first)
 
 
 def test_manifest_mismatch_errors(ray_local, local_set, tmp_path):
@@ -124,7 +149,7 @@ def test_corrupt_samples_are_counted_then_stop_the_run(ray_local, local_set, tmp
     damaged = str(tmp_path / "damaged")
     shutil.copytree(local_set, damaged)
     shard = _corrupt_one_sample(damaged)
-    stream = ImageStream(damaged, batch_size=3, use_labels=True, corrupt_budget=5)
+    stream = ImageStream(damaged, batch_size=3, use_labels=True, corrupt_budget=5, passes_per_execution=1)
     batches = take(stream, 2)  # the 6 good images: exactly one pass, so every shard was decoded
     assert all(b["img"].shape == (3, 3, RES, RES) for b in batches)
     assert len({img.numpy().tobytes() for b in batches for img in b["img"]}) == len(GOOD) - 1
