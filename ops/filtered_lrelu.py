@@ -31,12 +31,19 @@ def output_shape(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | No
 def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
                        b: torch.Tensor | None, up: int, down: int, padding: list[int], gain: float,
                        slope: float, clamp: float | None, flip_filter: bool) -> torch.Tensor:
-    """Reference path, exactly spec §c.3 steps 1-4 (arguments already validated); autograd, any order."""
+    """Reference path, exactly spec §c.3 steps 1-4 (arguments already validated); autograd, any order.
+
+    On CPU the work runs channels-last (the upsampled intermediate never changes memory format; PyTorch's CPU
+    depthwise convolutions are several times faster on it) and the result is plain contiguous again."""
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    cpu = x.device.type == "cpu"
+    if cpu:
+        x = x.contiguous(memory_format=torch.channels_last)
     x = upfirdn2d_ref(x, fu, up, 1, padding, flip_filter, float(up * up))
     x = bias_act_ref(x, None, 1, "lrelu", slope, gain, clamp)
-    return upfirdn2d_ref(x, fd, 1, down, [0, 0, 0, 0], flip_filter, 1.0)
+    x = upfirdn2d_ref(x, fd, 1, down, [0, 0, 0, 0], flip_filter, 1.0)
+    return x.contiguous() if cpu else x
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Tensor | None = None,
