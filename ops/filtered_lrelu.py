@@ -28,6 +28,37 @@ def output_shape(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | No
     return out_h, out_w
 
 
+class _LreluGainClamp(torch.autograd.Function):
+    """``clamp(leaky_relu(x, slope) * gain, -clamp, clamp)`` (bias_act_ref's values and gradients) in place on
+    one buffer, saving only its output and a boolean "not clamped" mask: three full-size passes and two saved
+    tensors fewer than the chain of autograd ops at the upsampled rate. Its backward is built from
+    differentiable ops of the incoming gradient (the factor is piecewise constant in x), so every order of
+    gradients works. Needs gain > 0 and slope >= 0, where sign(y) = sign(x)."""
+
+    @staticmethod
+    def forward(ctx, x, slope: float, gain: float, clamp):
+        y = torch.nn.functional.leaky_relu(x, slope)
+        if gain != 1:
+            y.mul_(gain)
+        inside = None
+        if clamp is not None:
+            inside = y.abs() <= clamp  # clamp's gradient passes where -clamp <= value <= clamp
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y, inside)
+        ctx.args = (slope, gain)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, inside = ctx.saved_tensors
+        slope, gain = ctx.args
+        # leaky_relu's derivative is 1 where x > 0 (exactly where y > 0), else slope
+        dx = torch.where(y.detach() > 0, dy * gain, dy * (gain * slope))
+        if inside is not None:
+            dx = torch.where(inside, dx, torch.zeros((), dtype=dx.dtype, device=dx.device))
+        return dx, None, None, None
+
+
 def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
                        b: torch.Tensor | None, up: int, down: int, padding: list[int], gain: float,
                        slope: float, clamp: float | None, flip_filter: bool) -> torch.Tensor:
@@ -41,7 +72,10 @@ def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tenso
     if cpu:
         x = x.contiguous(memory_format=torch.channels_last)
     x = upfirdn2d_ref(x, fu, up, 1, padding, flip_filter, float(up * up))
-    x = bias_act_ref(x, None, 1, "lrelu", slope, gain, clamp)
+    if gain > 0 and slope >= 0:
+        x = _LreluGainClamp.apply(x, slope, gain, clamp)
+    else:
+        x = bias_act_ref(x, None, 1, "lrelu", slope, gain, clamp)
     x = upfirdn2d_ref(x, fd, 1, down, [0, 0, 0, 0], flip_filter, 1.0)
     return x.contiguous() if cpu else x
 

@@ -264,3 +264,27 @@ def test_dispatch(monkeypatch):
         ops.bias_act(x)
     monkeypatch.setenv("STYLEGAN3_OPS_IMPL", "ref")
     torch.testing.assert_close(ops.bias_act(x, act="relu", gain=1), F.relu(x))
+
+
+@pytest.mark.parametrize("slope,gain,clamp", [(0.2, math.sqrt(2), None), (0.2, math.sqrt(2), 1.5), (1.0, 1.0, 0.7),
+                                              (0.0, 3.0, 2.0)])
+def test_filtered_lrelu_fused_activation_equals_bias_act(slope, gain, clamp):
+    # filtered_lrelu's reference path runs lrelu * gain, clamp as one in-place autograd Function: the same
+    # values and gradients as bias_act_ref, at the kink (x = 0) and at the clamp bounds too.
+    from ops.bias_act import bias_act_ref
+    from ops.filtered_lrelu import _LreluGainClamp
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64) * 3
+    if clamp is not None:
+        x[0, 0, 0, :3] = torch.tensor([0.0, clamp / gain, -clamp / gain])
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = _LreluGainClamp.apply(a, slope, gain, clamp), bias_act_ref(b, None, 1, "lrelu", slope, gain, clamp)
+    assert torch.equal(ya, yb)
+    g = torch.randn(ya.shape, generator=gen, dtype=torch.float64)
+    (ga,), (gb,) = torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)
+    torch.testing.assert_close(ga, gb, rtol=1e-14, atol=1e-14)
+    smooth = torch.randn(1, 2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: _LreluGainClamp.apply(t, slope, gain, clamp)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (smooth,))
+    assert torch.autograd.gradgradcheck(fn, (smooth,))
