@@ -161,7 +161,7 @@ def _pass(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int
     separable filter), factors ``up = (uy, ux)``, ``down = (dy, dx)``, ``padding = [x0, x1, y0, y1]``.
 
     On CPU the pass runs in channels-last memory (the result is channels-last too): PyTorch's CPU depthwise
-    convolution is 2.5-3x faster on it than on NCHW (bench/model.py)."""
+    convolution is 2.5-3x faster on it than on NCHW (docs/ops.md)."""
     c = x.shape[1]
     kh, kw = k.shape
     (uy, ux), (dy, dx) = up, down
