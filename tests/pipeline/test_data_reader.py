@@ -97,15 +97,15 @@ def test_one_execution_covers_several_passes(ray_local, local_set):
     assert default_passes(3) == 86 and default_passes(256) == 1 and default_passes(10_000) == 1
     assert default_passes(1) == 256  # capped
 
-    # make_dataset(passes=3): every image exactly 3 times, shard orders of epochs 4, 5, 6.
+    # make_dataset(epoch=4, passes=3), i.e. passes 4-6 in one dataset: every image exactly 3 times.
     imgs, _ = read_all(make_dataset(local_set, epoch=4, passes=3))
     counts = {}
     for img in imgs:
         counts[img.tobytes()] = counts.get(img.tobytes(), 0) + 1
     assert len(counts) == len(GOOD) and set(counts.values()) == {3}
 
-    # The stream over 2-pass executions: the first 14 images are 2 passes, every image exactly twice; the
-    # 2 rows left over lead batch 4, then the next execution (passes 2-3) fills it.
+    # The stream over 2-pass executions: the first 14 images are passes 0-1, every image exactly twice (12 leave
+    # as 3 batches, the 2 left over lead batch 4, which the next execution, passes 2-3, fills).
     stream = ImageStream(local_set, batch_size=4, resolution=RES, seed=1, passes_per_execution=2)
     images = [img.numpy().tobytes() for b in take(stream, 7) for img in b["img"]]
     assert len(images) == 28
@@ -113,7 +113,6 @@ def test_one_execution_covers_several_passes(ray_local, local_set):
     for img in images[:14]:
         first[img] = first.get(img, 0) + 1
     assert len(first) == len(GOOD) and set(first.values()) == {2}
-    assert set(images[14:]) <= set(first)
 
 
 def test_manifest_mismatch_errors(ray_local, local_set, tmp_path):
