@@ -73,10 +73,21 @@ process_tree() {
     }'
 }
 
+# wait up to 10 s until none of the given PIDs is alive
+wait_gone() {
+  local waited=0 p any
+  while (( waited < 50 )); do
+    any=0
+    for p in "$@"; do if alive "$p"; then any=1; break; fi; done
+    (( any )) || return 0
+    sleep 0.2; waited=$((waited + 1))
+  done
+}
+
 # SIGTERM the process trees of the named services together, wait up to 10 s, SIGKILL what is left and
 # wait (up to 10 s more) until it is gone
 stop_services() {
-  local name pid pids=() tree=() p waited=0
+  local name pid pids=() tree=() p
   for name in "$@"; do
     pid="$(service_pid "$name")"
     if [[ -n "$pid" ]]; then
@@ -88,24 +99,13 @@ stop_services() {
   done
   if (( ${#pids[@]} )); then
     kill -TERM "${pids[@]}" 2>/dev/null || true
-    while (( waited < 50 )); do
-      local any=0
-      for p in "${pids[@]}"; do if alive "$p"; then any=1; break; fi; done
-      (( any )) || break
-      sleep 0.2; waited=$((waited + 1))
-    done
+    wait_gone "${pids[@]}"
     for p in "${pids[@]}"; do
       if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
     done
     # A killed process can take a moment to go (a large address space to tear down on a busy machine):
     # return only when all are gone, so that `down` means stopped.
-    waited=0
-    while (( waited < 50 )); do
-      local any=0
-      for p in "${pids[@]}"; do if alive "$p"; then any=1; break; fi; done
-      (( any )) || break
-      sleep 0.2; waited=$((waited + 1))
-    done
+    wait_gone "${pids[@]}"
     for p in "${pids[@]}"; do
       if alive "$p"; then log "process $p is still there after SIGKILL: $(ps -o stat=,args= -p "$p" 2>/dev/null || true)"; fi
     done
