@@ -4,11 +4,15 @@ three training loss phases (Gmain, Dmain, Dreg) when pipeline.training.loss is i
 Each measurement runs in a fresh subprocess so that its peak RSS is its own. Times are the median of
 --repeats runs after one warm-up, in seconds per call.
 
-Baseline, run in the same command (--baseline naive, the default on CPU): the same networks with upfirdn2d computed
-the direct way -- zero-insert, pad, one depthwise convolution at the full upsampled rate, then keep every
-`down`-th sample -- in both directions. That is how a straightforward reference implementation of the op works
-(the official code's CPU path among them: spec §i), and it gives the same outputs (the check is printed). The
-official code's own figures (spec §i, measured elsewhere) are printed beside them for orientation only.
+Baselines, run in the same command (--baseline, on CPU by default 'before'):
+- 'before': the CPU path as it was before the phase-domain filtered_lrelu, the Winograd 3x3 convolutions and
+  huge-page allocations (ops.filtered_lrelu.PHASE_DOMAIN = False, models.generator.WINOGRAD = False,
+  THP_MEM_ALLOC_ENABLE=0): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
+- 'naive': like 'before', but upfirdn2d computed the direct way -- zero-insert, pad, one depthwise convolution
+  at the full upsampled rate, then keep every `down`-th sample -- in both directions. That is how a
+  straightforward reference implementation of the op works (the official code's CPU path among them: spec §i).
+Every formulation computes the same networks (the output check is printed). The official code's own figures
+(spec §i, measured elsewhere) are printed beside them for orientation only.
 
     python bench/model.py                      # 64x64, T, cbase 8192, cmax 512, batch 4, CPU
     python bench/model.py --preset stylegan3-r --repeats 5
@@ -71,6 +75,9 @@ def run_one(args) -> dict:
 
     import models
 
+    if args.naive or args.before:
+        importlib.import_module("ops.filtered_lrelu").PHASE_DOMAIN = False
+        importlib.import_module("models.generator").WINOGRAD = False
     if args.naive:
         importlib.import_module("ops.upfirdn2d")._pass = _naive_pass
 
@@ -149,10 +156,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated subset of {MEASURES}")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    p.add_argument("--baseline", default="auto", choices=["auto", "naive", "none"],
-                   help="also run every measure with the direct (full-rate) upfirdn2d as the baseline: 'auto' = on "
-                        "CPU only")
+    p.add_argument("--baseline", default="auto", choices=["auto", "before", "naive", "none"],
+                   help="also run every measure with a baseline formulation (see above): 'before' = the CPU path "
+                        "before the phase-domain/Winograd/huge-page changes, 'naive' = direct full-rate upfirdn2d; "
+                        "'auto' = 'before' on CPU, none on CUDA")
     p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # internal: this subprocess is naive
+    p.add_argument("--before", action="store_true", help=argparse.SUPPRESS)  # internal: ... is 'before'
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)   # internal: one measure, in a subprocess
     args = p.parse_args()
 
@@ -163,19 +172,22 @@ def main() -> None:
     base = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution),
             "--cbase", str(args.cbase), "--cmax", str(args.cmax), "--batch", str(args.batch),
             "--repeats", str(args.repeats), "--device", args.device]
-    naive = args.baseline == "naive" or (args.baseline == "auto" and args.device == "cpu")
+    baseline_kind = "before" if args.baseline == "auto" else args.baseline
+    naive = args.baseline in ("before", "naive") or (args.baseline == "auto" and args.device == "cpu")
     results, baseline_results = [], []
     baseline = SPEC_BASELINE.get(args.preset, {}) if (args.resolution, args.cbase, args.cmax, args.batch,
                                                       args.device) == (64, 8192, 512, 4, "cpu") else {}
     print(f"# {args.preset} {args.resolution}x{args.resolution} cbase {args.cbase} cmax {args.cmax} batch "
           f"{args.batch} on {args.device}, median of {args.repeats} after 1 warm-up; torch threads default, "
           f"{os.cpu_count()} CPUs visible")
-    print(f"{'measure':<10} {'ours [s]':>9} {'naive [s]':>10} {'speed-up':>9} {'RSS ours':>9} {'RSS naive':>10} "
+    print(f"{'measure':<10} {'ours [s]':>9} {baseline_kind + ' [s]':>10} {'speed-up':>9} {'RSS ours':>9} "
+          f"{'RSS base':>10} "
           f"{'official*':>10} {'load avg':>9}")
 
     def measure(name: str, naive_ops: bool):
-        proc = subprocess.run(base + ["--only", name] + (["--naive"] if naive_ops else []), capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        flag = [f"--{baseline_kind}"] if naive_ops else []
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "THP_MEM_ALLOC_ENABLE": "0" if naive_ops else "1"}
+        proc = subprocess.run(base + ["--only", name] + flag, capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(f"{name:<10} failed{' (naive)' if naive_ops else ''}: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ._dispatch import select_impl
 from .bias_act import bias_act_ref, check_bias, check_real
@@ -59,13 +60,201 @@ class _LreluGainClamp(torch.autograd.Function):
         return dx, None, None, None
 
 
+# On CPU, the layers whose upsampling factor is a multiple of the downsampling factor and whose filters are
+# separable (all of StyleGAN3-T's, R's critically sampled ones) run in the phase domain (below). Switch for the
+# benchmarks' same-command baseline (bench/model.py); the values are the same either way.
+PHASE_DOMAIN = True
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _axis_plan(n: int, up: int, down: int, hu: list, hd: list, p0: int, p1: int):
+    """The phase-domain bookkeeping of filtered_lrelu along one axis (spec §c.3 steps 2-4), ``down`` dividing ``up``.
+
+    ``hu``, ``hd``: the up/down filter taps in true-convolution orientation with their gains folded in; the
+    input ``x`` has ``n`` samples (zero outside). The upsampled signal ``z`` (length ``Lz``) is split into its ``up``
+    phases ``Z_r[j] = z[up*j + r]``: each is an ordinary convolution of ``x`` with every ``up``-th tap of ``hu``
+    (the inserted zeros are never touched). The nonlinearity acts on each phase alone. The filtered, decimated
+    output ``out[i] = sum_u hd[Td-1-u] a[down*i + u]`` splits into ``M = up/down`` phases ``out[M*i + ib]``, each a
+    sum over the ``Z_r`` of ordinary correlations (no stride): nothing runs at the upsampled rate but the
+    nonlinearity, and nothing is interleaved but the (input-rate) output when ``M > 1``.
+
+    Returns ``(ups, outs, out_len)``:
+      ``ups[r] = (g, s, lo, hi)``: ``Z_r[j] = sum_t g[t] x[j + t + s]``, needed for ``j`` in ``[lo, hi)``;
+      ``outs[ib] = (len_ib, [(r, g, s), ...])``: ``out[M*i + ib] = sum over terms of sum_t g[t] A_r[i + t + s]``.
+    """
+    tu, td = len(hu), len(hd)
+    out_len = (n * up + p0 + p1 - tu + 1 - td) // down + 1
+    m = up // down
+    need: dict = {}
+    outs = []
+    for ib in range(m):
+        len_ib = _ceil_div(out_len - ib, m)
+        terms = []
+        if len_ib > 0:
+            for r in range(up):
+                vmin = _ceil_div(down * ib - r, up)
+                vmax = (td - 1 + down * ib - r) // up
+                if vmax < vmin:
+                    continue
+                g = [hd[td - 1 - (up * v + r - down * ib)] for v in range(vmin, vmax + 1)]
+                terms.append((r, g, vmin))
+                lo, hi = vmin, len_ib + vmin + len(g) - 1
+                a, b = need.get(r, (lo, hi))
+                need[r] = (min(a, lo), max(b, hi))
+        outs.append((len_ib, terms))
+    m0 = tu - 1 - p0  # z[m] = sum_k x[k] hu[m + m0 - up*k]
+    ups = {}
+    for r, (lo, hi) in sorted(need.items()):
+        e, q = (r + m0) % up, (r + m0) // up
+        he = hu[e::up]
+        if he:  # a filter with fewer than `up` taps leaves some phases identically zero: lrelu(0) = 0 adds nothing
+            ups[r] = (he[::-1], q - len(he) + 1, lo, hi)
+    outs = [(len_ib, [t for t in terms if t[0] in ups]) for len_ib, terms in outs]
+    return ups, outs, out_len
+
+
+def _correlate(x: torch.Tensor, taps: list, dim: int, pad: int) -> torch.Tensor:
+    """Depthwise correlation of every channel with the 1-D ``taps`` along ``dim`` (2 = y, 3 = x), symmetric zero
+    padding ``pad`` along that axis."""
+    c, k = x.shape[1], len(taps)
+    t = torch.tensor(taps, dtype=x.dtype, device=x.device)
+    w = (t.view(1, 1, k, 1) if dim == 2 else t.view(1, 1, 1, k)).repeat(c, 1, 1, 1)
+    return F.conv2d(x, w, padding=(pad, 0) if dim == 2 else (0, pad), groups=c)
+
+
+def _cover_pad(n: int, k: int, s: int, lo: int, hi: int) -> int:
+    """Symmetric padding for which ``sum_t g[t] x[j + t + s]`` (``x``: ``n`` samples from logical 0, ``g``: ``k``
+    taps) comes out for every ``j`` in ``[lo, hi)``; the output's logical start is then ``-s - pad``."""
+    return max(0, -s - lo, hi - 1 + s - n + k)
+
+
+class _Narrow(torch.autograd.Function):
+    """``x.narrow(dim, start, length)`` whose gradient is a zero pad in the gradient's own memory format (autograd's
+    slice backward allocates a contiguous tensor: a slow transposing copy for channels-last gradients)."""
+
+    @staticmethod
+    def forward(ctx, x, dim: int, start: int, length: int):
+        ctx.args = (dim, start, x.shape[dim] - start - length)
+        return x.narrow(dim, start, length)
+
+    @staticmethod
+    def backward(ctx, dy):
+        dim, before, after = ctx.args
+        return F.pad(dy, [0, 0] * (dy.ndim - 1 - dim) + [before, after]), None, None, None
+
+
+def _crop(t: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
+    return t if start == 0 and t.shape[dim] == length else _Narrow.apply(t, dim, start, length)
+
+
+class _LreluClamp(torch.autograd.Function):
+    """``clamp(leaky_relu(x, slope), -clamp, clamp)``, saving only its output. The gradient is zero where the output
+    sits at the clamp (the CUDA convention of spec §c.1; torch's clamp would pass it at exactly +-clamp), else
+    the leaky ReLU's; built from differentiable aten ops, so every order works. Needs slope >= 0."""
+
+    @staticmethod
+    def forward(ctx, x, slope: float, clamp):
+        y = F.leaky_relu(x, slope)
+        if clamp is not None:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.args = (slope, clamp)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        slope, clamp = ctx.args
+        dx = torch.ops.aten.leaky_relu_backward(dy, y, slope, True)
+        if clamp is not None:
+            dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)
+        return dx, None, None
+
+
+def phase_domain_applies(x: torch.Tensor, fu, fd, up: int, down: int, gain: float, slope: float) -> bool:
+    """Whether filtered_lrelu_ref takes the phase-domain path for these arguments."""
+    return (PHASE_DOMAIN and x.device.type == "cpu" and up > 1 and up % down == 0 and gain > 0 and slope >= 0
+            and (fu is None or fu.ndim == 1) and (fd is None or fd.ndim == 1))
+
+
+def _filtered_lrelu_phases(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
+    """filtered_lrelu (spec §c.3) computed phase by phase (see _axis_plan), separable filters, channels-last.
+
+    The activation gain is folded into the last filter pass (``clamp(g*lrelu(z), c) = g*clamp(lrelu(z), c/g)``
+    for ``g > 0``), the up-filter gain ``up**2`` into the up taps (``up`` per axis). Same values as the definition
+    up to float rounding; autograd differentiates it (any order)."""
+    if b is not None:
+        x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    cl = torch.channels_last
+    x = x.contiguous(memory_format=cl)
+    px0, px1, py0, py1 = padding
+
+    def taps(f, g):
+        if f is None:
+            return [float(g)]
+        t = f.double().flip(0) if flip_filter else f.double()   # true convolution orientation
+        return (t * g).tolist()
+
+    hu = taps(fu, up)
+    ups_x, outs_x, out_w = _axis_plan(x.shape[3], up, down, hu, taps(fd, gain), px0, px1)
+    ups_y, outs_y, out_h = _axis_plan(x.shape[2], up, down, hu, taps(fd, 1.0), py0, py1)
+    act_clamp = None if clamp is None else clamp / gain
+
+    # Up along x, then along y, phase by phase; the nonlinearity on each phase. Offsets: logical = index + off.
+    act = {}
+    for rx, (gx, sx, lox, hix) in ups_x.items():
+        pad_x = _cover_pad(x.shape[3], len(gx), sx, lox, hix)
+        bx = _correlate(x, gx, 3, pad_x)
+        for ry, (gy, sy, loy, hiy) in ups_y.items():
+            pad_y = _cover_pad(x.shape[2], len(gy), sy, loy, hiy)
+            z = _correlate(bx, gy, 2, pad_y)
+            act[ry, rx] = (_LreluClamp.apply(z, slope, act_clamp), -sy - pad_y, -sx - pad_x)
+
+    # Down along y, then along x, output phase by output phase (valid correlations, cropped to the output).
+    rows = {}
+    for rx in ups_x:
+        for iby, (len_y, terms) in enumerate(outs_y):
+            acc = None
+            for ry, g, s in terms:
+                a, off_y, off_x = act[ry, rx]
+                t = _crop(_correlate(a, g, 2, 0), 2, s - off_y, len_y)
+                acc = t if acc is None else acc + t
+            if acc is not None:  # (None: every contributing phase is zero)
+                rows[rx, iby] = (acc, off_x)
+    m = up // down
+    y = None if m == 1 else torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device,
+                                        memory_format=cl)
+    for iby, (len_y, _) in enumerate(outs_y):
+        for ibx, (len_x, terms) in enumerate(outs_x):
+            acc = None
+            for rx, g, s in terms:
+                if (rx, iby) not in rows:
+                    continue
+                r, off_x = rows[rx, iby]
+                t = _crop(_correlate(r, g, 3, 0), 3, s - off_x, len_x)
+                acc = t if acc is None else acc + t
+            if acc is None:  # every contributing phase is zero
+                acc = x.new_zeros([x.shape[0], x.shape[1], len_y, len_x]) * x.sum()
+            if m == 1:
+                return acc
+            y[:, :, iby::m, ibx::m] = acc
+    return y
+
+
 def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
                        b: torch.Tensor | None, up: int, down: int, padding: list[int], gain: float,
                        slope: float, clamp: float | None, flip_filter: bool) -> torch.Tensor:
-    """Reference path, exactly spec §c.3 steps 1-4 (arguments already validated); autograd, any order.
+    """Reference path, spec §c.3 steps 1-4 (arguments already validated); autograd, any order.
 
-    On CPU the work runs channels-last (the upsampled intermediate never changes memory format; PyTorch's CPU
-    depthwise convolutions are several times faster on it) and the result is plain contiguous again."""
+    On CPU the work runs channels-last (PyTorch's CPU depthwise convolutions are several times faster on it,
+    and a transposing copy costs more than most of the filtering) and the result is channels-last too. Where
+    phase_domain_applies, the phase-domain form computes it; otherwise the upsampled intermediate is built by
+    the polyphase upfirdn2d and filtered back down."""
+    if phase_domain_applies(x, fu, fd, up, down, gain, slope):
+        return _filtered_lrelu_phases(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
     cpu = x.device.type == "cpu"
@@ -76,8 +265,7 @@ def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tenso
         x = _LreluGainClamp.apply(x, slope, gain, clamp)
     else:
         x = bias_act_ref(x, None, 1, "lrelu", slope, gain, clamp)
-    x = upfirdn2d_ref(x, fd, 1, down, [0, 0, 0, 0], flip_filter, 1.0)
-    return x.contiguous() if cpu else x
+    return upfirdn2d_ref(x, fd, 1, down, [0, 0, 0, 0], flip_filter, 1.0)
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Tensor | None = None,

@@ -288,3 +288,69 @@ def test_filtered_lrelu_fused_activation_equals_bias_act(slope, gain, clamp):
     fn = lambda t: _LreluGainClamp.apply(t, slope, gain, clamp)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (smooth,))
     assert torch.autograd.gradgradcheck(fn, (smooth,))
+
+
+@pytest.mark.parametrize("up,down", [(2, 2), (4, 2), (2, 1), (4, 4), (3, 1), (4, 1), (3, 3)])
+def test_filtered_lrelu_phase_domain_matches_definition(up, down):
+    # On CPU, layers with down | up and separable filters run phase by phase (ops/filtered_lrelu.py): random
+    # asymmetric filters (so flip_filter matters), identity filters, random (also negative) paddings, clamps.
+    from ops.filtered_lrelu import phase_domain_applies
+
+    rng = random.Random(up * 10 + down)
+    gen = torch.Generator().manual_seed(up * 10 + down)
+    for case in range(6):
+        fu = None if case == 4 else torch.rand(rng.randint(1, 3 * up + 2), generator=gen) + 0.1
+        fd = None if case == 5 else torch.rand(rng.randint(1, 3 * down + 4), generator=gen) + 0.1
+        tu, td = (1 if fu is None else len(fu)), (1 if fd is None else len(fd))
+        h, w = rng.randint(3, 7), rng.randint(3, 8)
+        while True:
+            pad = [rng.randint(-4, 8) for _ in range(4)]
+            if w * up + pad[0] + pad[1] - (tu - 1) >= td and h * up + pad[2] + pad[3] - (tu - 1) >= td:
+                break
+        x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64) * 2
+        b = torch.randn(3, generator=gen, dtype=torch.float64)
+        gain, slope = rng.uniform(0.5, 2.0), rng.choice([0.0, 0.2, 1.0])
+        assert phase_domain_applies(x, fu, fd, up, down, gain, slope)
+        for clamp in (None, 0.8):
+            for flip in (False, True):
+                want = filtered_lrelu_def(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip)
+                got = ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=pad, gain=gain, slope=slope,
+                                         clamp=clamp, flip_filter=flip, impl="ref")
+                assert got.shape == want.shape, (case, pad)
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_filtered_lrelu_phase_domain_gradients_and_path_choice(monkeypatch):
+    import importlib
+
+    from ops.filtered_lrelu import phase_domain_applies
+    flrelu = importlib.import_module("ops.filtered_lrelu")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
+    fu, fd = torch.tensor([1.0, 3.0, 2.0, 1.0]) / 7, torch.tensor([1.0, 2.0, 4.0]) / 7
+    fn = lambda x_, b_: ops.filtered_lrelu(x_, fu, fd, b_, up=4, down=2, padding=[2, 1, -1, 3], clamp=0.9,  # noqa
+                                           impl="ref")
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+    # the phase path is taken only where it applies; the switch turns it off (same values either way)
+    assert not phase_domain_applies(x, fu, torch.outer(fd, fd), 2, 2, 1.0, 0.2)   # 2-D fd (config R)
+    assert not phase_domain_applies(x, fu, fd, 2, 4, 1.0, 0.2)                    # down does not divide up
+    assert not phase_domain_applies(x, fu, fd, 2, 2, -1.0, 0.2)                   # negative gain
+    y = fn(x, b)
+    monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
+    assert not phase_domain_applies(x, fu, fd, 4, 2, 1.0, 0.2)
+    torch.testing.assert_close(fn(x, b), y, rtol=1e-12, atol=1e-12)
+
+
+def test_phase_domain_activation_gradient_convention():
+    # _LreluClamp: leaky ReLU's gradient, and zero where the output sits at the clamp (spec §c.1's CUDA rule).
+    from ops.filtered_lrelu import _LreluClamp
+
+    x = torch.tensor([-3.0, -1.0, 0.5, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    y = _LreluClamp.apply(x, 0.2, 1.5)
+    torch.testing.assert_close(y, torch.tensor([-0.6, -0.2, 0.5, 1.5, 1.5], dtype=torch.float64))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.tensor([0.2, 0.2, 1.0, 0.0, 0.0], dtype=torch.float64))
+    (g,) = torch.autograd.grad(_LreluClamp.apply(x, 0.2, None).sum(), x)
+    torch.testing.assert_close(g, torch.tensor([0.2, 0.2, 1.0, 1.0, 1.0], dtype=torch.float64))

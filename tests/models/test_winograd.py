@@ -1,0 +1,85 @@
+"""The CPU path's 3x3 convolution by Winograd F(4x4, 3x3) (models/winograd.py) against F.conv2d: values,
+gradients of every order, memory formats, and the generator built on it against the direct convolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+import models.generator as generator
+from models.winograd import conv3x3_winograd
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])
+@pytest.mark.parametrize("size", [(7, 9), (4, 4), (13, 6)])
+def test_values_and_gradients_match_direct_convolution_float64(pad, size):
+    gen = torch.Generator().manual_seed(pad * 10 + size[0])
+    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    got, want = conv3x3_winograd(x, w, pad), F.conv2d(x, w, padding=pad)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_and_gradgradcheck():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    fn = lambda x_, w_: conv3x3_winograd(x_, w_, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_float32_any_input_format_channels_last_output(fmt):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 64, 18, 18, generator=gen).contiguous(memory_format=fmt)
+    w = torch.randn(32, 64, 3, 3, generator=gen)
+    got = conv3x3_winograd(x, w, 2)
+    want = F.conv2d(x.double(), w.double(), padding=2)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    err = (got.double() - want).abs().max().item() / want.abs().max().item()
+    assert err < 5e-5, f"float32 Winograd error {err:.2e} of the largest output"
+
+
+def test_bad_arguments_are_named():
+    x = torch.randn(1, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"weight must be \[O, C, 3, 3\]"):
+        conv3x3_winograd(x, torch.randn(2, 3, 5, 5), 2)
+    with pytest.raises(ValueError, match=r"x must be \[N, 4, H, W\]"):
+        conv3x3_winograd(x, torch.randn(2, 4, 3, 3), 2)
+    with pytest.raises(ValueError, match="padding -1"):
+        conv3x3_winograd(x, torch.randn(2, 3, 3, 3), -1)
+
+
+def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
+    # The whole CPU fast path (Winograd convolutions + phase-domain filtered_lrelu) against the code paths it
+    # replaced, on a small StyleGAN3-T: same images and gradients up to float32 rounding.
+    import importlib
+    flrelu = importlib.import_module("ops.filtered_lrelu")
+    torch.manual_seed(0)
+    G, _ = models.build("stylegan3-t", 16, channel_base=1024, channel_max=32, z_dim=16, w_dim=16)
+    z = torch.randn(2, 16)
+
+    def run():
+        G.zero_grad(set_to_none=True)
+        img = G(z, None)
+        img.square().mean().backward()
+        return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
+
+    fast_img, fast_grads = run()
+    monkeypatch.setattr(generator, "WINOGRAD", False)
+    monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
+    slow_img, slow_grads = run()
+    assert fast_img.is_contiguous()
+    scale = slow_img.abs().max().item()
+    torch.testing.assert_close(fast_img, slow_img, atol=1e-4 * scale, rtol=1e-4)
+    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 20
+    for k in slow_grads:
+        s = slow_grads[k].abs().max().item()
+        torch.testing.assert_close(fast_grads[k], slow_grads[k], atol=1e-3 * s + 1e-12, rtol=1e-3, msg=k)
