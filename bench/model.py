@@ -6,8 +6,8 @@ Each measurement runs in a fresh subprocess so that its peak RSS is its own. Tim
 
 Baselines, run in the same command (--baseline, on CPU by default 'before'):
 - 'before': the CPU path as it was before the phase-domain filtered_lrelu, the Winograd 3x3 convolutions and
-  huge-page allocations (ops.filtered_lrelu.PHASE_DOMAIN = False, models.generator.WINOGRAD = False,
-  THP_MEM_ALLOC_ENABLE=0): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
+  the allocator settings (ops.filtered_lrelu.PHASE_DOMAIN = False, models.generator.WINOGRAD = False, none of
+  ops.CPU_PROCESS_ENV): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
 - 'naive': like 'before', but upfirdn2d computed the direct way -- zero-insert, pad, one depthwise convolution
   at the full upsampled rate, then keep every `down`-th sample -- in both directions. That is how a
   straightforward reference implementation of the op works (the official code's CPU path among them: spec §i).
@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ops import CPU_PROCESS_ENV  # noqa: E402  (the worker process environment; see ops/__init__.py)
 
 MEASURES = ["G_fwd", "G_fwd_bwd", "D_fwd", "D_fwd_bwd", "Gmain", "Dmain", "Dreg"]
 
@@ -186,7 +188,9 @@ def main() -> None:
 
     def measure(name: str, naive_ops: bool):
         flag = [f"--{baseline_kind}"] if naive_ops else []
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "THP_MEM_ALLOC_ENABLE": "0" if naive_ops else "1"}
+        # ours: the process environment the training workers get (ops.CPU_PROCESS_ENV); the baselines: none of it
+        env = {k: v for k, v in os.environ.items() if k not in CPU_PROCESS_ENV}
+        env.update({"PYTHONPATH": str(ROOT), **({"THP_MEM_ALLOC_ENABLE": "0"} if naive_ops else CPU_PROCESS_ENV)})
         proc = subprocess.run(base + ["--only", name] + flag, capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:

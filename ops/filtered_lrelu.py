@@ -116,13 +116,39 @@ def _axis_plan(n: int, up: int, down: int, hu: list, hd: list, p0: int, p1: int)
     return ups, outs, out_len
 
 
-def _correlate(x: torch.Tensor, taps: list, dim: int, pad: int) -> torch.Tensor:
-    """Depthwise correlation of every channel with the 1-D ``taps`` along ``dim`` (2 = y, 3 = x), symmetric zero
-    padding ``pad`` along that axis."""
+def _depthwise(x: torch.Tensor, taps: tuple, dim: int, pad: int) -> torch.Tensor:
     c, k = x.shape[1], len(taps)
     t = torch.tensor(taps, dtype=x.dtype, device=x.device)
     w = (t.view(1, 1, k, 1) if dim == 2 else t.view(1, 1, 1, k)).repeat(c, 1, 1, 1)
     return F.conv2d(x, w, padding=(pad, 0) if dim == 2 else (0, pad), groups=c)
+
+
+class _Correlate(torch.autograd.Function):
+    """Depthwise correlation of every channel with the fixed 1-D ``taps`` along ``dim`` (2 = y, 3 = x), symmetric
+    zero padding ``pad``. Its gradient is the adjoint correlation (flipped taps, padding ``k - 1 - pad``) through
+    this same Function, so nothing is saved for the backward (autograd's convolution node would keep the input)
+    and every order of gradients works."""
+
+    @staticmethod
+    def forward(ctx, x, taps: tuple, dim: int, pad: int):
+        ctx.args = (taps, dim, pad, x.shape[dim])
+        return _depthwise(x, taps, dim, pad)
+
+    @staticmethod
+    def backward(ctx, dy):
+        taps, dim, pad, n = ctx.args
+        k = len(taps)
+        adj = k - 1 - pad
+        if adj < 0:  # the forward padded more than the filter reaches: those outputs saw only zeros
+            dy = _Narrow.apply(dy, dim, -adj, dy.shape[dim] + 2 * adj)
+            adj = 0
+        return _Correlate.apply(dy, taps[::-1], dim, adj), None, None, None
+
+
+def _correlate(x: torch.Tensor, taps: list, dim: int, pad: int) -> torch.Tensor:
+    """Depthwise correlation of every channel with the 1-D ``taps`` along ``dim`` (2 = y, 3 = x), symmetric zero
+    padding ``pad`` along that axis."""
+    return _Correlate.apply(x, tuple(taps), dim, pad)
 
 
 def _cover_pad(n: int, k: int, s: int, lo: int, hi: int) -> int:

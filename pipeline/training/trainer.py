@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ops
 from pipeline import storage
 from pipeline.training.config import ConfigError, TrainConfig
 from pipeline.training.loop import train_loop_per_worker
@@ -135,10 +136,10 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
         callbacks=([ProgressPrinter(cfg.schedule.kimg)] if progress else []) + list(callbacks or []),
         # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
-        # THP_MEM_ALLOC_ENABLE: huge pages for the CPU path's large tensors (ops/__init__.py), set before the worker
-        # imports torch.
-        worker_runtime_env={"env_vars": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1"),
-                                         **storage.aws_env(), **_mlflow_env(), **(env_vars or {})}},
+        # cpu_process_env: allocator settings for the CPU path's large tensors (ops/__init__.py), in place before
+        # the worker process starts.
+        worker_runtime_env={"env_vars": {**ops.cpu_process_env(), **storage.aws_env(), **_mlflow_env(),
+                                         **(env_vars or {})}},
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                         datasets={"train": ds}, run_config=run_config,
