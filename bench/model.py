@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--baseline", default="auto", choices=["auto", "before", "naive", "none"],
                    help="also run every measure with a baseline formulation (see above): 'before' = the CPU path "
-                        "before the phase-domain/Winograd/huge-page changes, 'naive' = direct full-rate upfirdn2d; "
+                        "before the phase-domain/Winograd/allocator changes, 'naive' = direct full-rate upfirdn2d; "
                         "'auto' = 'before' on CPU, none on CUDA")
     p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # internal: this subprocess is naive
     p.add_argument("--before", action="store_true", help=argparse.SUPPRESS)  # internal: ... is 'before'

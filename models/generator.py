@@ -276,7 +276,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         if input_gain is not None:
             out_scale = input_gain.expand(n, out_ch) if out_scale is None else out_scale * input_gain
         x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
-        if WINOGRAD and kh == kw == 3:
+        if WINOGRAD and kh == kw == 3 and x.dtype in (torch.float32, torch.float64):
             x = conv3x3_winograd(x, weight, padding)   # ~2x faster than F.conv2d here, channels-last out
         else:
             x = torch.nn.functional.conv2d(x, weight.to(x.dtype), padding=padding)

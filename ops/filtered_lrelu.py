@@ -60,8 +60,8 @@ class _LreluGainClamp(torch.autograd.Function):
         return dx, None, None, None
 
 
-# On CPU, the layers whose upsampling factor is a multiple of the downsampling factor and whose filters are
-# separable (all of StyleGAN3-T's, R's critically sampled ones) run in the phase domain (below). Switch for the
+# On CPU, the layers whose upsampling factor (> 1) is a multiple of the downsampling factor and whose filters are
+# separable (every StyleGAN3-T layer but ToRGB; R's critically sampled ones) run in the phase domain (below). Switch for the
 # benchmarks' same-command baseline (bench/model.py); the values are the same either way.
 PHASE_DOMAIN = True
 
@@ -131,12 +131,12 @@ class _Correlate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, taps: tuple, dim: int, pad: int):
-        ctx.args = (taps, dim, pad, x.shape[dim])
+        ctx.args = (taps, dim, pad)
         return _depthwise(x, taps, dim, pad)
 
     @staticmethod
     def backward(ctx, dy):
-        taps, dim, pad, n = ctx.args
+        taps, dim, pad = ctx.args
         k = len(taps)
         adj = k - 1 - pad
         if adj < 0:  # the forward padded more than the filter reaches: those outputs saw only zeros
