@@ -12,7 +12,8 @@ transformed output gradient, transformed back through the weight transform.
 
 Same values as ``F.conv2d`` up to float rounding (relative error about 1e-5 of the largest output in float32,
 a few times that of a direct convolution; float64 agrees to ~1e-14). Works for any input memory format, is
-fastest on channels-last, and returns a channels-last result. Differentiable to any order.
+fastest on channels-last, and returns a channels-last result (a cropped view when the output size is not a
+multiple of 4). Differentiable to any order.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _weight_transform(weight: torch.Tensor) -> torch.Tensor:
     """weight [O, C, 3, 3] -> U [36, C, O]."""
     o, c = weight.shape[:2]
     kg = _matrices(weight.dtype, weight.device)[1]
-    return (kg @ weight.reshape(o * c, 9).t()).view(36, o, c).transpose(1, 2)
+    # [9, C*O] first (a copy of the small weight), so that U comes out contiguous for the batched products
+    return (kg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(36, c, o)
 
 
 def _output_transform(m: torch.Tensor, n: int, out_h: int, out_w: int, th: int, tw: int) -> torch.Tensor:
@@ -82,9 +84,8 @@ def _output_transform(m: torch.Tensor, n: int, out_h: int, out_w: int, th: int, 
     ka = _matrices(m.dtype, m.device)[2]
     y = (ka @ m.reshape(36, -1)).view(4, 4, n, th, tw, o)
     y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, th * 4, tw * 4, o)               # one scatter copy
-    if th * 4 != out_h or tw * 4 != out_w:
-        y = y[:, :out_h, :out_w].contiguous()
-    return y.permute(0, 3, 1, 2)
+    # a cropped view (the next elementwise op writes a dense channels-last tensor anyway)
+    return y[:, :out_h, :out_w].permute(0, 3, 1, 2)
 
 
 def _output_grad_transform(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
@@ -130,7 +131,7 @@ class _Conv3x3Winograd(torch.autograd.Function):
                 v = _input_transform(x, pad)
             du = torch.bmm(v.transpose(1, 2), _output_grad_transform(dy, th, tw))  # [36, C, O]
             kg = _matrices(du.dtype, du.device)[1]
-            dw = (kg.t() @ du.transpose(1, 2).reshape(36, o * c)).view(3, 3, o, c).permute(2, 3, 0, 1)
+            dw = (kg.t() @ du.reshape(36, c * o)).view(3, 3, c, o).permute(3, 2, 0, 1)
         return dx, dw, None
 
 
@@ -138,7 +139,8 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int) -> tor
     """``F.conv2d(x, weight, padding=padding)`` for a [O, C, 3, 3] weight by Winograd F(4x4, 3x3).
 
     x: [N, C, H, W] float32/float64, any memory format (channels-last avoids a transposing copy).
-    Returns [N, O, H + 2p - 2, W + 2p - 2] in channels-last memory; differentiable to any order.
+    Returns [N, O, H + 2p - 2, W + 2p - 2] with channels-last strides (channels innermost; a cropped view when
+    a side is not a multiple of 4); differentiable to any order.
     """
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"conv3x3_winograd: weight must be [O, C, 3, 3], got {list(weight.shape)}")

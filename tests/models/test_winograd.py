@@ -38,13 +38,15 @@ def test_gradcheck_and_gradgradcheck():
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_float32_any_input_format_channels_last_output(fmt):
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 64, 18, 18, generator=gen).contiguous(memory_format=fmt)
-    w = torch.randn(32, 64, 3, 3, generator=gen)
-    got = conv3x3_winograd(x, w, 2)
-    want = F.conv2d(x.double(), w.double(), padding=2)
-    assert got.is_contiguous(memory_format=torch.channels_last)
-    err = (got.double() - want).abs().max().item() / want.abs().max().item()
-    assert err < 5e-5, f"float32 Winograd error {err:.2e} of the largest output"
+    for size in (18, 17):  # outputs 20 (whole 4x4 tiles) and 19 (a cropped view)
+        x = torch.randn(2, 64, size, size, generator=gen).contiguous(memory_format=fmt)
+        w = torch.randn(32, 64, 3, 3, generator=gen)
+        got = conv3x3_winograd(x, w, 2)
+        want = F.conv2d(x.double(), w.double(), padding=2)
+        assert got.stride(1) == 1, "channels innermost (channels-last strides)"
+        assert got.is_contiguous(memory_format=torch.channels_last) == (size == 18)
+        err = (got.double() - want).abs().max().item() / want.abs().max().item()
+        assert err < 5e-5, f"float32 Winograd error {err:.2e} of the largest output"
 
 
 def test_bad_arguments_are_named():
