@@ -175,7 +175,7 @@ def main() -> None:
             "--cbase", str(args.cbase), "--cmax", str(args.cmax), "--batch", str(args.batch),
             "--repeats", str(args.repeats), "--device", args.device]
     baseline_kind = "before" if args.baseline == "auto" else args.baseline
-    naive = args.baseline in ("before", "naive") or (args.baseline == "auto" and args.device == "cpu")
+    run_baseline = args.baseline in ("before", "naive") or (args.baseline == "auto" and args.device == "cpu")
     results, baseline_results = [], []
     baseline = SPEC_BASELINE.get(args.preset, {}) if (args.resolution, args.cbase, args.cmax, args.batch,
                                                       args.device) == (64, 8192, 512, 4, "cpu") else {}
@@ -186,15 +186,15 @@ def main() -> None:
           f"{'RSS base':>10} "
           f"{'official*':>10} {'load avg':>9}")
 
-    def measure(name: str, naive_ops: bool):
-        flag = [f"--{baseline_kind}"] if naive_ops else []
+    def measure(name: str, baseline_run: bool):
+        flag = [f"--{baseline_kind}"] if baseline_run else []
         # ours: the process environment the training workers get (ops.CPU_PROCESS_ENV); the baselines: none of it
         env = {k: v for k, v in os.environ.items() if k not in CPU_PROCESS_ENV}
-        env.update({"PYTHONPATH": str(ROOT), **({"THP_MEM_ALLOC_ENABLE": "0"} if naive_ops else CPU_PROCESS_ENV)})
+        env.update({"PYTHONPATH": str(ROOT), **({"THP_MEM_ALLOC_ENABLE": "0"} if baseline_run else CPU_PROCESS_ENV)})
         proc = subprocess.run(base + ["--only", name] + flag, capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{name:<10} failed{' (naive)' if naive_ops else ''}: "
+            print(f"{name:<10} failed{' (baseline)' if baseline_run else ''}: "
                   f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
             return None
         return json.loads(line[len("RESULT "):])
@@ -203,7 +203,7 @@ def main() -> None:
         r = measure(name, False)
         if r is None:
             continue
-        b = measure(name, True) if naive else None
+        b = measure(name, True) if run_baseline else None
         results.append(r)
         if b is not None:
             baseline_results.append(b)

@@ -52,7 +52,7 @@ def _matrices(dtype: torch.dtype, device: torch.device):
     return _MATRICES[key]
 
 
-def _tiles(n: int, h: int, w: int, pad: int) -> tuple[int, int, int, int]:
+def _tiles(h: int, w: int, pad: int) -> tuple[int, int, int, int]:
     """(out_h, out_w, tiles_y, tiles_x) of a 3x3 convolution with zero padding ``pad`` on an [h, w] input."""
     out_h, out_w = h + 2 * pad - 2, w + 2 * pad - 2
     return out_h, out_w, -(-out_h // 4), -(-out_w // 4)
@@ -61,7 +61,7 @@ def _tiles(n: int, h: int, w: int, pad: int) -> tuple[int, int, int, int]:
 def _input_transform(x: torch.Tensor, pad: int) -> torch.Tensor:
     """x [N, C, H, W] -> V [36, N * tiles, C]: the transformed, overlapping 6x6 input tiles (zero padded)."""
     n, c, h, w = x.shape
-    _, _, th, tw = _tiles(n, h, w, pad)
+    _, _, th, tw = _tiles(h, w, pad)
     kb = _matrices(x.dtype, x.device)[0]
     xp = x.permute(0, 2, 3, 1)                                                   # [N, H, W, C]
     xp = F.pad(xp, [0, 0, pad, tw * 4 + 2 - w - pad, pad, th * 4 + 2 - h - pad])
@@ -103,7 +103,7 @@ class _Conv3x3Winograd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, pad):
         n, c, h, w = x.shape
-        out_h, out_w, th, tw = _tiles(n, h, w, pad)
+        out_h, out_w, th, tw = _tiles(h, w, pad)
         v = _input_transform(x, pad)
         m = torch.bmm(v, _weight_transform(weight))
         ctx.save_for_backward(x, weight, v)
@@ -116,7 +116,7 @@ class _Conv3x3Winograd(torch.autograd.Function):
         pad = ctx.pad
         n, c, h, w = x.shape
         o = weight.shape[0]
-        _, _, th, tw = _tiles(n, h, w, pad)
+        _, _, th, tw = _tiles(h, w, pad)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             # The adjoint of a 3x3 correlation with padding p is one with the flipped, transposed kernel and

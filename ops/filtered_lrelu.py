@@ -6,6 +6,7 @@ suppression for the activation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -61,8 +62,8 @@ class _LreluGainClamp(torch.autograd.Function):
 
 
 # On CPU, the layers whose upsampling factor (> 1) is a multiple of the downsampling factor and whose filters are
-# separable (every StyleGAN3-T layer but ToRGB; R's critically sampled ones) run in the phase domain (below). Switch for the
-# benchmarks' same-command baseline (bench/model.py); the values are the same either way.
+# separable (every StyleGAN3-T layer but ToRGB; R's critically sampled ones) run in the phase domain (below).
+# Switch for the benchmarks' same-command baseline (bench/model.py); the values are the same either way.
 PHASE_DOMAIN = True
 
 
@@ -116,11 +117,17 @@ def _axis_plan(n: int, up: int, down: int, hu: list, hd: list, p0: int, p1: int)
     return ups, outs, out_len
 
 
+@functools.lru_cache(maxsize=512)
+def _depthwise_weight(taps: tuple, c: int, dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The [C, 1, k, 1] / [C, 1, 1, k] weight of a depthwise 1-D correlation (fixed taps: built once per layer)."""
+    k = len(taps)
+    t = torch.tensor(taps, dtype=dtype, device=device)
+    return (t.view(1, 1, k, 1) if dim == 2 else t.view(1, 1, 1, k)).repeat(c, 1, 1, 1)
+
+
 def _depthwise(x: torch.Tensor, taps: tuple, dim: int, pad: int) -> torch.Tensor:
-    c, k = x.shape[1], len(taps)
-    t = torch.tensor(taps, dtype=x.dtype, device=x.device)
-    w = (t.view(1, 1, k, 1) if dim == 2 else t.view(1, 1, 1, k)).repeat(c, 1, 1, 1)
-    return F.conv2d(x, w, padding=(pad, 0) if dim == 2 else (0, pad), groups=c)
+    w = _depthwise_weight(taps, x.shape[1], dim, x.dtype, x.device)
+    return F.conv2d(x, w, padding=(pad, 0) if dim == 2 else (0, pad), groups=x.shape[1])
 
 
 class _Correlate(torch.autograd.Function):
