@@ -6,7 +6,7 @@ Each measurement runs in a fresh subprocess so that its peak RSS is its own. Tim
 
 Baselines, run in the same command (--baseline, on CPU by default 'before'):
 - 'before': the CPU path as it was before the phase-domain filtered_lrelu, the Winograd 3x3 convolutions and
-  the allocator settings (ops.filtered_lrelu.PHASE_DOMAIN = False, models.generator.WINOGRAD = False, none of
+  the allocator settings (ops.filtered_lrelu.PHASE_DOMAIN = False, models.winograd.ENABLED = False, none of
   ops.CPU_PROCESS_ENV): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
 - 'naive': like 'before', but upfirdn2d computed the direct way -- zero-insert, pad, one depthwise convolution
   at the full upsampled rate, then keep every `down`-th sample -- in both directions. That is how a
@@ -79,7 +79,7 @@ def run_one(args) -> dict:
 
     if args.naive or args.before:
         importlib.import_module("ops.filtered_lrelu").PHASE_DOMAIN = False
-        importlib.import_module("models.generator").WINOGRAD = False
+        importlib.import_module("models.winograd").ENABLED = False
     if args.naive:
         importlib.import_module("ops.upfirdn2d")._pass = _naive_pass
 

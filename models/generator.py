@@ -20,11 +20,7 @@ from ops import filtered_lrelu
 from .config import GeneratorConfig
 from .filters import design_lowpass_filter, filter_tensor
 from .layers import FullyConnectedLayer, normalize_2nd_moment
-from .winograd import conv3x3_winograd
-
-# The CPU path's 3x3 modulated convolutions by Winograd F(4x4, 3x3) (models/winograd.py). Switch for the
-# benchmarks' same-command baseline (bench/model.py); the values agree up to float rounding.
-WINOGRAD = True
+from . import winograd
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,26 +257,30 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if demodulate:
-        # Pre-normalisation for fp16 safety; cancelled by demodulation except through the epsilon.
-        weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
         styles = styles * styles.square().mean().rsqrt()
     if x.device.type == "cpu" and x.dtype != torch.float16:
         # Same value, computed as scale input -> one shared-weight convolution -> scale output: PyTorch's CPU
         # convolution is ~1.2x faster on the batch than grouped per sample, and the per-sample weights
-        # [N, O, I, k, k] (and their gradient) are never built. The demodulation coefficients follow from
-        # sum_{i,k} (w[o,i,k] s[n,i])^2 = sum_i s[n,i]^2 sum_k w[o,i,k]^2. 3x3 kernels (config T) run as
-        # Winograd F(4x4, 3x3) convolutions on the channels-last activations of the CPU path.
+        # [N, O, I, k, k] (and their gradient) are never built. With r[o] the weight pre-normalisation and
+        # sum_{i,k} (r[o] w[o,i,k] s[n,i])^2 = r[o]^2 sum_i s[n,i]^2 sum_k w[o,i,k]^2, both the pre-normalisation
+        # and the demodulation are one [N, O] output scale, so no scaled copy of the weight is built either.
+        # 3x3 kernels (config T) run as Winograd F(4x4, 3x3) convolutions on the channels-last activations.
         out_scale = None
         if demodulate:
-            out_scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()   # [N, O]
+            wsq = weight.square().sum(dim=[2, 3])                                           # [O, I]
+            r = (wsq.sum(dim=1) * (1 / (in_ch * kh * kw))).rsqrt()                          # [O]
+            out_scale = r * (styles.square() @ wsq.t() * r.square() + 1e-8).rsqrt()        # [N, O]
         if input_gain is not None:
             out_scale = input_gain.expand(n, out_ch) if out_scale is None else out_scale * input_gain
         x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
-        if WINOGRAD and kh == kw == 3 and x.dtype in (torch.float32, torch.float64):
-            x = conv3x3_winograd(x, weight, padding)   # ~2x faster than F.conv2d here, channels-last out
+        if winograd.applies(x, weight, padding):
+            x = winograd.conv3x3_winograd(x, weight, padding)   # ~2x faster than F.conv2d, channels-last out
         else:
             x = torch.nn.functional.conv2d(x, weight.to(x.dtype), padding=padding)
         return x if out_scale is None else x * out_scale.to(x.dtype).reshape(n, out_ch, 1, 1)
+    if demodulate:
+        # Pre-normalisation for fp16 safety; cancelled by demodulation except through the epsilon.
+        weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
     w = weight.unsqueeze(0) * styles.unsqueeze(1).unsqueeze(3).unsqueeze(4)       # [N, O, I, k, k]
     if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()                    # [N, O]

@@ -40,6 +40,14 @@ _AT = [[1, 1, 1, 1, 1, 0],
        [0, 1, 1, 4, 4, 0],
        [0, 1, -1, 8, -8, 1]]
 
+# Switch for the CPU fast path that uses these convolutions (the generator's modulated 3x3 convolutions and the
+# discriminator's stride-1 3x3 ones); off = F.conv2d, as in the benchmarks' same-command baseline.
+ENABLED = True
+# Below this many 4x4 output tiles per call (batch x tiles per image) the weight transform, proportional to the
+# weight's size, costs more than the matrix products save: D's 16x16 and smaller layers at batch 4 measured
+# slower by Winograd than by F.conv2d on the benchmark machine; its 32x32 and 64x64 layers and all of G's faster.
+MIN_TILES = 256
+
 _MATRICES: dict = {}
 
 
@@ -70,10 +78,12 @@ def _input_transform(x: torch.Tensor, pad: int) -> torch.Tensor:
     return (kb @ t).view(36, n * th * tw, c)
 
 
-def _weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """weight [O, C, 3, 3] -> U [36, C, O]."""
+def _weight_transform(weight: torch.Tensor, gain: float) -> torch.Tensor:
+    """weight [O, C, 3, 3] -> U [36, C, O] of the weight times ``gain`` (folded into the [36, 9] transform)."""
     o, c = weight.shape[:2]
     kg = _matrices(weight.dtype, weight.device)[1]
+    if gain != 1:
+        kg = kg * gain
     # [9, C*O] first (a copy of the small weight), so that U comes out contiguous for the batched products
     return (kg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(36, c, o)
 
@@ -101,19 +111,19 @@ def _output_grad_transform(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
 
 class _Conv3x3Winograd(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, pad):
+    def forward(ctx, x, weight, pad, gain):
         n, c, h, w = x.shape
         out_h, out_w, th, tw = _tiles(h, w, pad)
         v = _input_transform(x, pad)
-        m = torch.bmm(v, _weight_transform(weight))
+        m = torch.bmm(v, _weight_transform(weight, gain))
         ctx.save_for_backward(x, weight, v)
-        ctx.pad = pad
+        ctx.pad, ctx.gain = pad, gain
         return _output_transform(m, n, out_h, out_w, th, tw)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, v = ctx.saved_tensors
-        pad = ctx.pad
+        pad, gain = ctx.pad, ctx.gain
         n, c, h, w = x.shape
         o = weight.shape[0]
         _, _, th, tw = _tiles(h, w, pad)
@@ -123,20 +133,35 @@ class _Conv3x3Winograd(torch.autograd.Function):
             # padding 2 - p, cropped back when 2 - p is negative.
             wt = weight.flip([2, 3]).transpose(0, 1)
             if pad <= 2:
-                dx = conv3x3_winograd(dy, wt, 2 - pad)
+                dx = conv3x3_winograd(dy, wt, 2 - pad, gain)
             else:
-                dx = conv3x3_winograd(dy, wt, 0)[:, :, pad - 2:pad - 2 + h, pad - 2:pad - 2 + w]
+                dx = conv3x3_winograd(dy, wt, 0, gain)[:, :, pad - 2:pad - 2 + h, pad - 2:pad - 2 + w]
         if ctx.needs_input_grad[1]:
             if torch.is_grad_enabled():  # double backward: rebuild V with its graph back to x
                 v = _input_transform(x, pad)
             du = torch.bmm(v.transpose(1, 2), _output_grad_transform(dy, th, tw))  # [36, C, O]
             kg = _matrices(du.dtype, du.device)[1]
+            if gain != 1:
+                kg = kg * gain
             dw = (kg.t() @ du.reshape(36, c * o)).view(3, 3, c, o).permute(3, 2, 0, 1)
-        return dx, dw, None
+        return dx, dw, None, None
 
 
-def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, padding=padding)`` for a [O, C, 3, 3] weight by Winograd F(4x4, 3x3).
+def applies(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """Whether the CPU fast path computes this convolution by Winograd: switched on, a CPU float32/64 input,
+    a 3x3 kernel and at least MIN_TILES output tiles (float16 and CUDA keep F.conv2d)."""
+    if not (ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
+            and weight.shape[2:] == (3, 3)):
+        return False
+    _, _, th, tw = _tiles(x.shape[2], x.shape[3], padding)
+    return x.shape[0] * th * tw >= MIN_TILES
+
+
+def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int, gain: float = 1.0) -> torch.Tensor:
+    """``F.conv2d(x, weight * gain, padding=padding)`` for a [O, C, 3, 3] weight by Winograd F(4x4, 3x3).
+
+    ``gain`` (a Python number: an equalised-lr weight gain) is folded into the weight transform, so the scaled
+    weight is never built.
 
     x: [N, C, H, W] float32/float64, any memory format (channels-last avoids a transposing copy).
     Returns [N, O, H + 2p - 2, W + 2p - 2] with channels-last strides (channels innermost; a cropped view when
@@ -148,7 +173,7 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int) -> tor
         raise ValueError(f"conv3x3_winograd: x must be [N, {weight.shape[1]}, H, W], got {list(x.shape)}")
     if padding < 0 or x.shape[2] + 2 * padding < 3 or x.shape[3] + 2 * padding < 3:
         raise ValueError(f"conv3x3_winograd: padding {padding} leaves no output for input {list(x.shape)}")
-    return _Conv3x3Winograd.apply(x, weight.to(x.dtype), int(padding))
+    return _Conv3x3Winograd.apply(x, weight.to(x.dtype), int(padding), float(gain))
 
 
-__all__ = ["conv3x3_winograd"]
+__all__ = ["conv3x3_winograd", "applies", "ENABLED"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-import models.generator as generator
+import models.winograd as winograd
 from models.winograd import conv3x3_winograd
 
 
@@ -74,8 +74,9 @@ def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
         img.square().mean().backward()
         return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
 
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)     # at this small size, all of G's 3x3 convolutions
     fast_img, fast_grads = run()
-    monkeypatch.setattr(generator, "WINOGRAD", False)
+    monkeypatch.setattr(winograd, "ENABLED", False)
     monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
     slow_img, slow_grads = run()
     assert fast_img.is_contiguous()
@@ -85,3 +86,53 @@ def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
     for k in slow_grads:
         s = slow_grads[k].abs().max().item()
         torch.testing.assert_close(fast_grads[k], slow_grads[k], atol=1e-3 * s + 1e-12, rtol=1e-3, msg=k)
+
+
+def test_gain_is_folded_into_the_weight_transform():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    got, want = conv3x3_winograd(x, w, 1, gain=0.37), F.conv2d(x, w * 0.37, padding=1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda x_, w_: conv3x3_winograd(x_, w_, 2, gain=1.7), (x, w))
+
+
+def test_applies_only_to_cpu_float32_64_3x3_with_enough_tiles():
+    w3, w1 = torch.randn(2, 3, 3, 3), torch.randn(2, 3, 1, 1)
+    big = torch.randn(4, 3, 32, 32)                       # 4 x 8 x 8 = 256 output tiles at padding 1
+    assert winograd.applies(big, w3, 1)
+    assert winograd.applies(big.double(), w3, 1)
+    assert not winograd.applies(big, w1, 1)
+    assert not winograd.applies(big.half(), w3, 1)
+    assert not winograd.applies(big[:3], w3, 1)           # 192 tiles: F.conv2d is faster there
+    assert not winograd.applies(big[:, :, :28, :28], w3, 1)
+
+
+def test_discriminator_and_r1_same_with_direct_convolution(monkeypatch):
+    # D's stride-1 3x3 convolutions run by Winograd on CPU: logits, parameter gradients and the R1 penalty's
+    # double-backward gradients agree with F.conv2d up to float32 rounding.
+    torch.manual_seed(0)
+    _, D = models.build("stylegan3-t", 16, channel_base=512, channel_max=32)
+    img = torch.randn(4, 3, 16, 16)
+
+    def run():
+        D.zero_grad(set_to_none=True)
+        x = img.clone().requires_grad_(True)
+        logits = D(x, None)
+        (rgrad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        (logits.sum() + rgrad.square().sum()).backward()
+        return logits.detach(), rgrad.detach(), {k: p.grad.clone() for k, p in D.named_parameters()}
+
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)
+    fast = run()
+    monkeypatch.setattr(winograd, "ENABLED", False)
+    slow = run()
+    for a, b in zip(fast[:2], slow[:2]):
+        torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+    assert len(slow[2]) > 10
+    for k in slow[2]:
+        s = slow[2][k].abs().max().item()
+        torch.testing.assert_close(fast[2][k], slow[2][k], atol=1e-3 * s + 1e-12, rtol=1e-3, msg=k)
