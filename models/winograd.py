@@ -47,6 +47,10 @@ ENABLED = True
 # weight's size, costs more than the matrix products save: D's 16x16 and smaller layers at batch 4 measured
 # slower by Winograd than by F.conv2d on the benchmark machine; its 32x32 and 64x64 layers and all of G's faster.
 MIN_TILES = 256
+# The batched products' column count (output channels forward, and for the weight gradient) is padded with zeros
+# to a multiple of this: MKL's sgemm ran 1.3-1.6x faster on [36, T, K] x [36, K, 336] than on ... x 323 (the
+# odd channel counts 406, 323, 203, 161 of the benchmark generator), more than the extra columns cost.
+GEMM_COLUMNS = 16
 
 _MATRICES: dict = {}
 
@@ -78,35 +82,45 @@ def _input_transform(x: torch.Tensor, pad: int) -> torch.Tensor:
     return (kb @ t).view(36, n * th * tw, c)
 
 
+def _padded(o: int) -> int:
+    return -(-o // GEMM_COLUMNS) * GEMM_COLUMNS
+
+
 def _weight_transform(weight: torch.Tensor, gain: float) -> torch.Tensor:
-    """weight [O, C, 3, 3] -> U [36, C, O] of the weight times ``gain`` (folded into the [36, 9] transform)."""
+    """weight [O, C, 3, 3] -> U [36, C, Op] of the weight times ``gain`` (folded into the [36, 9] transform),
+    zero columns appended up to Op = O rounded up to GEMM_COLUMNS."""
     o, c = weight.shape[:2]
+    op = _padded(o)
     kg = _matrices(weight.dtype, weight.device)[1]
     if gain != 1:
         kg = kg * gain
-    # [9, C*O] first (a copy of the small weight), so that U comes out contiguous for the batched products
-    return (kg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(36, c, o)
+    # [9, C*Op] first (a copy of the small weight), so that U comes out contiguous for the batched products
+    w9 = weight.permute(2, 3, 1, 0)
+    w9 = F.pad(w9, [0, op - o]) if op != o else w9
+    return (kg @ w9.reshape(9, c * op)).view(36, c, op)
 
 
-def _output_transform(m: torch.Tensor, n: int, out_h: int, out_w: int, th: int, tw: int) -> torch.Tensor:
-    """M [36, N * tiles, O] -> y [N, O, out_h, out_w] (channels-last)."""
-    o = m.shape[2]
+def _output_transform(m: torch.Tensor, o: int, n: int, out_h: int, out_w: int, th: int, tw: int) -> torch.Tensor:
+    """M [36, N * tiles, Op] -> y [N, O, out_h, out_w] (channels-last; the first O of the Op columns)."""
+    op = m.shape[2]
     ka = _matrices(m.dtype, m.device)[2]
-    y = (ka @ m.reshape(36, -1)).view(4, 4, n, th, tw, o)
+    y = (ka @ m.reshape(36, -1)).view(4, 4, n, th, tw, op)[..., :o]
     y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, th * 4, tw * 4, o)               # one scatter copy
     # a cropped view (the next elementwise op writes a dense channels-last tensor anyway)
     return y[:, :out_h, :out_w].permute(0, 3, 1, 2)
 
 
 def _output_grad_transform(dy: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """dy [N, O, out_h, out_w] -> dM [36, N * tiles, O] (the adjoint of _output_transform)."""
+    """dy [N, O, out_h, out_w] -> dM [36, N * tiles, Op] (the adjoint of _output_transform, zero columns
+    appended up to Op = O rounded up to GEMM_COLUMNS)."""
     n, o, out_h, out_w = dy.shape
+    op = _padded(o)
     ka = _matrices(dy.dtype, dy.device)[2]
     g = dy.permute(0, 2, 3, 1)
-    if th * 4 != out_h or tw * 4 != out_w:
-        g = F.pad(g, [0, 0, 0, tw * 4 - out_w, 0, th * 4 - out_h])
-    g = g.reshape(n, th, 4, tw, 4, o).permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
-    return (ka.t() @ g).view(36, n * th * tw, o)
+    if th * 4 != out_h or tw * 4 != out_w or op != o:
+        g = F.pad(g, [0, op - o, 0, tw * 4 - out_w, 0, th * 4 - out_h])
+    g = g.reshape(n, th, 4, tw, 4, op).permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
+    return (ka.t() @ g).view(36, n * th * tw, op)
 
 
 class _Conv3x3Winograd(torch.autograd.Function):
@@ -118,7 +132,7 @@ class _Conv3x3Winograd(torch.autograd.Function):
         m = torch.bmm(v, _weight_transform(weight, gain))
         ctx.save_for_backward(x, weight, v)
         ctx.pad, ctx.gain = pad, gain
-        return _output_transform(m, n, out_h, out_w, th, tw)
+        return _output_transform(m, weight.shape[0], n, out_h, out_w, th, tw)
 
     @staticmethod
     def backward(ctx, dy):
@@ -139,7 +153,9 @@ class _Conv3x3Winograd(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if torch.is_grad_enabled():  # double backward: rebuild V with its graph back to x
                 v = _input_transform(x, pad)
-            du = torch.bmm(v.transpose(1, 2), _output_grad_transform(dy, th, tw))  # [36, C, O]
+            du = torch.bmm(v.transpose(1, 2), _output_grad_transform(dy, th, tw))  # [36, C, Op]
+            if du.shape[2] != o:
+                du = du[:, :, :o]
             kg = _matrices(du.dtype, du.device)[1]
             if gain != 1:
                 kg = kg * gain

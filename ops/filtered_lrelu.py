@@ -191,8 +191,14 @@ class _LreluClamp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, slope: float, clamp):
         y = F.leaky_relu(x, slope)
-        if clamp is not None:
-            y.clamp_(-clamp, clamp)
+        if clamp is not None and y.numel() > 0:
+            # One read-only pass instead of a clamp pass and a mask pass in the backward where nothing reaches
+            # the clamp (the usual case: StyleGAN's conv_clamp 256 guards against fp16 overflow).
+            lo, hi = torch.aminmax(y)
+            if -clamp < lo.item() and hi.item() < clamp:
+                clamp = None
+            else:
+                y.clamp_(-clamp, clamp)
         ctx.save_for_backward(y)
         ctx.args = (slope, clamp)
         return y
@@ -202,7 +208,7 @@ class _LreluClamp(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         slope, clamp = ctx.args
         dx = torch.ops.aten.leaky_relu_backward(dy, y, slope, True)
-        if clamp is not None:
+        if clamp is not None:  # (None also where the forward found every value strictly inside the clamp)
             dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)
         return dx, None, None
 

@@ -354,3 +354,26 @@ def test_phase_domain_activation_gradient_convention():
     torch.testing.assert_close(g, torch.tensor([0.2, 0.2, 1.0, 0.0, 0.0], dtype=torch.float64))
     (g,) = torch.autograd.grad(_LreluClamp.apply(x, 0.2, None).sum(), x)
     torch.testing.assert_close(g, torch.tensor([0.2, 0.2, 1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_phase_domain_activation_clamp_skipped_only_strictly_inside():
+    # Where every value is strictly inside the clamp, the clamp and its gradient mask are skipped; a value that
+    # lands exactly on the clamp still gets the zero gradient, and one beyond it is clamped.
+    from ops.filtered_lrelu import _LreluClamp
+
+    x = torch.tensor([-3.0, -1.0, 0.5, 1.4], dtype=torch.float64, requires_grad=True)
+    y = _LreluClamp.apply(x, 0.2, 1.5)
+    torch.testing.assert_close(y, torch.nn.functional.leaky_relu(x.detach(), 0.2))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.tensor([0.2, 0.2, 1.0, 1.0], dtype=torch.float64))
+    for edge, want_y in ((1.5, 1.5), (1.6, 1.5)):
+        x = torch.tensor([0.5, edge], dtype=torch.float64, requires_grad=True)
+        y = _LreluClamp.apply(x, 0.2, 1.5)
+        assert y[1].item() == want_y
+        (g,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(g, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    x = torch.tensor([-8.0, 0.5], dtype=torch.float64, requires_grad=True)     # below -clamp after the slope
+    y = _LreluClamp.apply(x, 0.2, 1.5)
+    assert y[0].item() == -1.5
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.tensor([0.0, 1.0], dtype=torch.float64))
