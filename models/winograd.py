@@ -47,6 +47,10 @@ ENABLED = True
 # weight's size, costs more than the matrix products save: D's 16x16 and smaller layers at batch 4 measured
 # slower by Winograd than by F.conv2d on the benchmark machine; its 32x32 and 64x64 layers and all of G's faster.
 MIN_TILES = 256
+# Nor with fewer input or output channels than this: at 32 channels the transforms (memory-bound, proportional to
+# tiles x channels) cost more than the direct convolution's arithmetic (forward + backward 0.62-0.68x of
+# F.conv2d's speed at [8, 32, 36, 36] and [4, 32, 84, 84]; 1.06-1.5x at 64 channels, 1.1-2.4x at 96-256).
+MIN_CHANNELS = 64
 # The batched products' column count (output channels forward, and for the weight gradient) is padded with zeros
 # to a multiple of this: MKL's sgemm ran 1.3-1.6x faster on [36, T, K] x [36, K, 336] than on ... x 323 (the
 # odd channel counts 406, 323, 203, 161 of the benchmark generator), more than the extra columns cost.
@@ -165,9 +169,10 @@ class _Conv3x3Winograd(torch.autograd.Function):
 
 def applies(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
     """Whether the CPU fast path computes this convolution by Winograd: switched on, a CPU float32/64 input,
-    a 3x3 kernel and at least MIN_TILES output tiles (float16 and CUDA keep F.conv2d)."""
+    a 3x3 kernel, at least MIN_CHANNELS input and output channels and at least MIN_TILES output tiles (float16
+    and CUDA keep F.conv2d)."""
     if not (ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
-            and weight.shape[2:] == (3, 3)):
+            and weight.shape[2:] == (3, 3) and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS):
         return False
     _, _, th, tw = _tiles(x.shape[2], x.shape[3], padding)
     return x.shape[0] * th * tw >= MIN_TILES

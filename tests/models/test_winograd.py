@@ -75,6 +75,7 @@ def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
         return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
 
     monkeypatch.setattr(winograd, "MIN_TILES", 0)     # at this small size, all of G's 3x3 convolutions
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
     fast_img, fast_grads = run()
     monkeypatch.setattr(winograd, "ENABLED", False)
     monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
@@ -100,15 +101,17 @@ def test_gain_is_folded_into_the_weight_transform():
     assert torch.autograd.gradgradcheck(lambda x_, w_: conv3x3_winograd(x_, w_, 2, gain=1.7), (x, w))
 
 
-def test_applies_only_to_cpu_float32_64_3x3_with_enough_tiles():
-    w3, w1 = torch.randn(2, 3, 3, 3), torch.randn(2, 3, 1, 1)
-    big = torch.randn(4, 3, 32, 32)                       # 4 x 8 x 8 = 256 output tiles at padding 1
+def test_applies_only_to_cpu_float32_64_3x3_with_enough_tiles_and_channels():
+    w3, w1 = torch.randn(64, 64, 3, 3), torch.randn(64, 64, 1, 1)
+    big = torch.randn(4, 64, 32, 32)                      # 4 x 8 x 8 = 256 output tiles at padding 1
     assert winograd.applies(big, w3, 1)
     assert winograd.applies(big.double(), w3, 1)
     assert not winograd.applies(big, w1, 1)
     assert not winograd.applies(big.half(), w3, 1)
     assert not winograd.applies(big[:3], w3, 1)           # 192 tiles: F.conv2d is faster there
     assert not winograd.applies(big[:, :, :28, :28], w3, 1)
+    assert not winograd.applies(big[:, :32], w3[:, :32], 1)   # 32 input channels: likewise
+    assert not winograd.applies(big, w3[:48], 1)              # 48 output channels
 
 
 def test_discriminator_and_r1_same_with_direct_convolution(monkeypatch):
@@ -127,6 +130,7 @@ def test_discriminator_and_r1_same_with_direct_convolution(monkeypatch):
         return logits.detach(), rgrad.detach(), {k: p.grad.clone() for k, p in D.named_parameters()}
 
     monkeypatch.setattr(winograd, "MIN_TILES", 0)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
     fast = run()
     monkeypatch.setattr(winograd, "ENABLED", False)
     slow = run()
