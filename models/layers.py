@@ -96,7 +96,7 @@ class Conv2dLayer(nn.Module):
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         f = self.resample_filter
         if self.down == 1 and winograd.applies(x, self.weight, self.padding):
-            # CPU float32: Winograd F(4x4, 3x3), the weight gain folded into its weight transform (any order of
+            # CPU float32/64: Winograd F(4x4, 3x3), the weight gain folded into its weight transform (any order of
             # gradients, as R1 needs); channels-last out
             x = winograd.conv3x3_winograd(x, self.weight, self.padding, gain=self.weight_gain)
         elif self.down == 1:

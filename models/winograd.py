@@ -1,4 +1,5 @@
-"""3x3 convolution by Winograd's minimal filtering F(4x4, 3x3), for the generator's CPU path.
+"""3x3 convolution by Winograd's minimal filtering F(4x4, 3x3), for the CPU path of the generator's modulated
+3x3 convolutions and the discriminator's stride-1 3x3 convolutions (where ``applies`` says so).
 
 The modulated 3x3 convolutions are most of a CPU training step. On the CPU PyTorch runs them as direct (oneDNN)
 convolutions, whose backward is about twice as slow on channels-last tensors -- the layout that the rest of the
@@ -197,4 +198,4 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int, gain: 
     return _Conv3x3Winograd.apply(x, weight.to(x.dtype), int(padding), float(gain))
 
 
-__all__ = ["conv3x3_winograd", "applies", "ENABLED"]
+__all__ = ["conv3x3_winograd", "applies"]

@@ -74,8 +74,8 @@ def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
         img.square().mean().backward()
         return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
 
-    monkeypatch.setattr(winograd, "MIN_TILES", 0)     # at this small size, all of G's 3x3 convolutions
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)     # so that all of G's 3x3 convolutions take the Winograd
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)  # path at this small size
     fast_img, fast_grads = run()
     monkeypatch.setattr(winograd, "ENABLED", False)
     monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
