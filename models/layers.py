@@ -99,19 +99,21 @@ class Conv2dLayer(nn.Module):
             # CPU float32/64: Winograd F(4x4, 3x3), the weight gain folded into its weight transform (any order of
             # gradients, as R1 needs); channels-last out
             x = winograd.conv3x3_winograd(x, self.weight, self.padding, gain=self.weight_gain)
-        elif self.down == 1:
-            x = torch.nn.functional.conv2d(x, (self.weight * self.weight_gain).to(x.dtype), padding=self.padding)
-        elif self.kernel_size == 1:
-            # 1x1 down-by-2 (skip path): low-pass + decimate first, then the cheap 1x1 conv (§c.4).
-            x = downsample2d(x, f, down=2)
-            x = torch.nn.functional.conv2d(x, (self.weight * self.weight_gain).to(x.dtype))
         else:
-            # kxk down-by-2: low-pass without decimation (padding keeps the alignment), then a
-            # stride-2 valid conv (§c.4). Output size H/2 needs p = (fw - down + k - 1) / 2 per side,
-            # i.e. 2 for the 4-tap filter and k = 3.
-            p = (f.shape[-1] - self.down + self.kernel_size - 1) // 2
-            x = upfirdn2d(x, f, padding=[p, p, p, p])
-            x = torch.nn.functional.conv2d(x, (self.weight * self.weight_gain).to(x.dtype), stride=self.down)
+            w = (self.weight * self.weight_gain).to(x.dtype)
+            if self.down == 1:
+                x = torch.nn.functional.conv2d(x, w, padding=self.padding)
+            elif self.kernel_size == 1:
+                # 1x1 down-by-2 (skip path): low-pass + decimate first, then the cheap 1x1 conv (§c.4).
+                x = downsample2d(x, f, down=2)
+                x = torch.nn.functional.conv2d(x, w)
+            else:
+                # kxk down-by-2: low-pass without decimation (padding keeps the alignment), then a
+                # stride-2 valid conv (§c.4). Output size H/2 needs p = (fw - down + k - 1) / 2 per side,
+                # i.e. 2 for the 4-tap filter and k = 3.
+                p = (f.shape[-1] - self.down + self.kernel_size - 1) // 2
+                x = upfirdn2d(x, f, padding=[p, p, p, p])
+                x = torch.nn.functional.conv2d(x, w, stride=self.down)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)

@@ -197,8 +197,11 @@ class _LreluClamp(torch.autograd.Function):
             # channels-last tensor: on the 4-D strides it makes a contiguous copy first (25x slower).
             flat = y.permute(0, 2, 3, 1).reshape(-1) if y.is_contiguous(memory_format=torch.channels_last) \
                 else y.reshape(-1)
-            lo, hi = torch.aminmax(flat) if flat.numel() > 0 else (y.new_zeros(()), y.new_zeros(()))
-            if -clamp < lo.item() and hi.item() < clamp:
+            inside = flat.numel() == 0
+            if not inside:
+                lo, hi = torch.aminmax(flat)
+                inside = -clamp < lo.item() and hi.item() < clamp
+            if inside:
                 clamp = None
             else:
                 y.clamp_(-clamp, clamp)
