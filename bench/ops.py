@@ -10,6 +10,14 @@ read + the input gradient written) and its fraction of this card's measured devi
     python bench/ops.py --cfg t --ops filtered_lrelu --layers L3,L10
 
 Needs a CUDA GPU; on a machine without one it says so and exits 0.
+
+    python bench/ops.py --model [--cfg t,r] [--res 256] [--batch 32]
+
+needs no GPU: it compiles every kernel launch of each layer's filtered_lrelu (forward with codes, backward) for an
+H100 (sm_90, ops/_triton/static_compile.py) and prints, from the kernels' own tile plans, the multiply-adds they
+launch per unit (CUDA cores / tensor cores), the bytes they move, registers / spills / resident blocks per SM, and
+the predicted H100 time max(bytes / 3.3 TB/s, multiply-adds / the unit's peak) beside the memory floor
+(input + output + codes once). Also the discriminator's and the augment pipe's upfirdn2d / bias_act calls.
 """
 
 from __future__ import annotations
@@ -145,6 +153,153 @@ def bench_one(fn, x, b, impl: str, device, warmup: int, iters: int):
     return fwd, both, fwd_bytes, both_bytes
 
 
+def _model_layers(cfg: str, res: int):
+    """(name, spec, fu, fd) of every synthesis layer of the preset at ``res`` (models/ builds them)."""
+    from models.config import build_config
+    from models.filters import design_lowpass_filter, filter_tensor
+    from models.generator import synthesis_schedule
+
+    g = build_config("stylegan3-" + cfg, res).G
+    for spec in synthesis_schedule(g).layers:
+        fu = filter_tensor(design_lowpass_filter(spec.up_taps, spec.in_cutoff, spec.in_half_width * 2,
+                                                 spec.tmp_sampling_rate))
+        fd = filter_tensor(design_lowpass_filter(spec.down_taps, spec.out_cutoff, spec.out_half_width * 2,
+                                                 spec.tmp_sampling_rate, radial=spec.radial_down))
+        yield spec.name, spec, fu, fd
+
+
+def flrelu_calls(cfg: str, res: int, batch: int, second_order: bool = False):
+    """Per layer: (name, dtype, fn) where fn() runs the layer's filtered_lrelu on meta tensors (forward with codes,
+    backward, and optionally the second-order launch) through the Triton host code."""
+    from ops._triton.filtered_lrelu import filtered_lrelu_triton
+
+    for name, spec, fu, fd in _model_layers(cfg, res):
+        dtype = torch.float16 if spec.use_fp16 else torch.float32
+        size = spec.in_size + spec.kernel_size - 1
+        gain, slope = (1.0, 1.0) if spec.is_torgb else (math.sqrt(2), 0.2)
+
+        def fn(spec=spec, fu=fu, fd=fd, dtype=dtype, size=size, gain=gain, slope=slope, phases=None):
+            x = torch.empty(batch, spec.out_channels, size, size, device="meta", dtype=dtype, requires_grad=True)
+            b = torch.empty(spec.out_channels, device="meta", dtype=dtype, requires_grad=True)
+            mark = phases if phases is not None else (lambda _: None)
+            mark("fwd")
+            y = filtered_lrelu_triton(x, fu, fd, b, spec.up, spec.down, list(spec.padding), gain, slope, 256.0,
+                                      False)
+            mark("bwd")
+            dy = torch.empty_like(y, requires_grad=second_order)
+            dx, = torch.autograd.grad(y, x, dy, create_graph=second_order)
+            if second_order:
+                mark("2nd")
+                torch.autograd.grad(dx, dy, torch.empty_like(dx))
+
+        yield name, dtype, fn
+
+
+def other_calls(res: int, batch: int):
+    """The discriminator's and ADA's upfirdn2d calls and a bias_act, on meta tensors: (name, dtype, fn)."""
+    from ops._triton.bias_act import bias_act_triton
+    from ops._triton.upfirdn2d import upfirdn2d_triton
+    from ops.upfirdn2d import setup_filter
+
+    blur = setup_filter([1, 3, 3, 1])
+    sym6 = torch.tensor([0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+                         0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+                         -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036,
+                         -0.007800708325034148])
+    ch = min(32768 // res, 512)
+
+    def run(shape, dtype, f, up, down, pad, flip, gain):
+        def fn(phases=None):
+            mark = phases if phases is not None else (lambda _: None)
+            x = torch.empty(*shape, device="meta", dtype=dtype, requires_grad=True)
+            mark("fwd")
+            y = upfirdn2d_triton(x, f, up, down, pad, flip, gain)
+            mark("bwd")
+            torch.autograd.grad(y, x, torch.empty_like(y))
+        return fn
+
+    def act(shape, dtype):
+        def fn(phases=None):
+            mark = phases if phases is not None else (lambda _: None)
+            x = torch.empty(*shape, device="meta", dtype=dtype, requires_grad=True)
+            b = torch.empty(shape[1], device="meta", dtype=dtype, requires_grad=True)
+            mark("fwd")
+            y = bias_act_triton(x, b, 1, "lrelu", 0.2, math.sqrt(2), 256.0)
+            mark("bwd")
+            torch.autograd.grad(y, x, torch.empty_like(y))
+        return fn
+
+    fp16 = torch.float16
+    yield f"D-blur {res}", fp16, run((batch, ch, res + 2, res + 2), fp16, blur, 1, 1, [2, 2, 2, 2], False, 1)
+    yield f"D-skip {res}", fp16, run((batch, ch, res, res), fp16, blur, 1, 2, [1, 1, 1, 1], False, 1)
+    yield f"D-act {res}", fp16, act((batch, ch, res, res), fp16)
+    yield f"ADA-up {res}", torch.float32, run((batch, 3, res + 26, res + 26), torch.float32, sym6, 2, 1,
+                                              [6, 5, 6, 5], False, 4)
+    yield f"ADA-down {res}", torch.float32, run((batch, 3, 2 * res + 12, 2 * res + 12), torch.float32, sym6, 1, 2,
+                                                [-1, -2, -1, -2], True, 1)
+
+
+def model(cfgs, res: int, batch: int, show_others: bool = True) -> int:
+    """Print the launch model (see the module docstring); returns the worst predicted/floor ratio x 1000."""
+    import ops._triton.bias_act as kb
+    import ops._triton.filtered_lrelu as kf
+    import ops._triton.static_compile as sc
+    import ops._triton.upfirdn2d as ku
+
+    costs = {"_flrelu_kernel": kf.launch_cost, "_upfirdn2d_kernel": ku.launch_cost,
+             "_bias_act_kernel": kb.launch_cost}
+    floors = {"_flrelu_kernel": kf.floor_bytes, "_upfirdn2d_kernel": ku.floor_bytes,
+              "_bias_act_kernel": kb.floor_bytes}
+    print(f"H100 model (sm_90 compile, no GPU): {sc.H100_BYTES_PER_S / 1e12:.1f} TB/s; multiply-adds/s: "
+          + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in sc.H100_MACS_PER_S.items()) + f"; batch {batch}, {res}x{res}")
+    header = (f"{'cfg':3} {'layer':13} {'dtype':7} {'pass':4} {'launch':>6} {'GMAC cuda':>9} {'GMAC tc':>8} "
+              f"{'MB moved':>8} {'MB floor':>8} {'pred ms':>7} {'floor ms':>8} {'ratio':>5} {'regs':>4} "
+              f"{'spill':>5} {'blk/SM':>6} {'warps':>5}")
+    print(header)
+    print("-" * len(header))
+    worst = {}
+    groups = [(c, flrelu_calls(c, res, batch)) for c in cfgs]
+    if show_others:
+        groups.append(("-", other_calls(res, batch)))
+    for cfg, calls in groups:
+        for name, dtype, fn in calls:
+            marks = []
+            with sc.compile_only() as launches:
+                fn(phases=lambda ph: marks.append((ph, len(launches))))
+            bounds = [m[1] for m in marks] + [len(launches)]
+            for (ph, lo), hi in zip(marks, bounds[1:]):
+                recs = launches[lo:hi]
+                if not recs:
+                    continue
+                macs_c = macs_t = 0.0
+                t_mac = 0.0
+                moved = floor = 0.0
+                for rec in recs:
+                    c = costs[rec.name](rec.params, rec.programs)
+                    for unit, n in c["macs"].items():
+                        t_mac += n / sc.H100_MACS_PER_S[unit]
+                        if unit.startswith("tc_"):
+                            macs_t += n
+                        else:
+                            macs_c += n
+                    moved += c["dram_bytes"]
+                    floor += floors[rec.name](rec.params)
+                pred = max(moved / sc.H100_BYTES_PER_S, t_mac)
+                fl = floor / sc.H100_BYTES_PER_S
+                res_ = [sc.resources(r.compiled) for r in recs]
+                regs = max(r.regs for r in res_)
+                spill = max(r.spill_bytes + r.stack for r in res_)
+                blk = min(r.blocks_per_sm for r in res_)
+                warps = min(r.warps_per_sm for r in res_)
+                ratio = pred / fl
+                worst[(cfg, ph)] = max(worst.get((cfg, ph), 0.0), ratio)
+                print(f"{cfg:3} {name:13} {str(dtype)[6:]:7} {ph:4} {len(recs):6d} {macs_c / 1e9:9.2f} "
+                      f"{macs_t / 1e9:8.2f} {moved / 1e6:8.1f} {floor / 1e6:8.1f} {pred * 1e3:7.3f} "
+                      f"{fl * 1e3:8.3f} {ratio:5.2f} {regs:4d} {spill:5d} {blk:6d} {warps:5d}")
+    print("worst predicted/floor: " + ", ".join(f"{c} {ph} {v:.2f}" for (c, ph), v in worst.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="t,r", help="comma-separated configs to run: t, r (default: t,r)")
@@ -157,7 +312,14 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=10, help="timed calls; the median is reported (default: 10)")
     p.add_argument("--device", default="cuda", help="torch device (default: cuda); 'cpu' only under TRITON_INTERPRET=1"
                                                     " as a smoke test of this script")
+    p.add_argument("--model", action="store_true", help="no GPU: compile for sm_90 and print the launch model")
+    p.add_argument("--res", type=int, default=256, help="--model: output resolution (default: 256)")
+    p.add_argument("--no-others", action="store_true", help="--model: only the synthesis layers' filtered_lrelu")
     args = p.parse_args(argv)
+
+    if args.model:
+        os.environ.pop("TRITON_INTERPRET", None)
+        return model([c for c in args.cfg.split(",") if c], args.res, args.batch, not args.no_others)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRETED
+from . import INTERPRETED, launch
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "elu": 5, "selu": 6, "softplus": 7,
              "swish": 8}
@@ -182,7 +182,7 @@ def _launch(order: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor
     gptr = g.to(x.dtype).contiguous() if g is not None else x
     bptr = b.contiguous() if b is not None else x
     grid = (triton.cdiv(numel, BLOCK),)
-    _bias_act_kernel[grid](x, bptr, gptr, out, numel, inner, channels, float(alpha), float(gain),
+    launch(_bias_act_kernel, grid, x, bptr, gptr, out, numel, inner, channels, float(alpha), float(gain),
                            float(clamp) if clamp is not None else 0.0,
                            ACT=ACT_CODES[act], ORDER=order, HAS_B=b is not None, HAS_CLAMP=clamp is not None,
                            FP64=x.dtype == torch.float64, BLOCK=BLOCK)
@@ -243,3 +243,17 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
     Returns a tensor of ``x``'s shape and dtype, differentiable to second order with respect to ``x`` and ``b``.
     """
     return _BiasAct.apply(x, b, dim, act, alpha, gain, clamp)
+
+
+def launch_cost(p: dict, programs: int) -> dict:
+    """What one launch of ``_bias_act_kernel`` moves (elementwise: no multiply-adds worth counting)."""
+    x, out = p["x_ptr"], p["out_ptr"]
+    n = x.numel() * x.element_size() + out.numel() * out.element_size()
+    if p["ORDER"] > 0:
+        n += p["g_ptr"].numel() * p["g_ptr"].element_size()
+    return {"macs": {}, "dram_bytes": n, "tile_bytes": n}
+
+
+def floor_bytes(p: dict) -> int:
+    """The memory floor of one launch: what it must read and write once."""
+    return launch_cost(p, 1)["dram_bytes"]

@@ -48,6 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch as launch_kernel
+
 __all__ = ["filtered_lrelu_triton"]
 
 # Codes written/read by the kernel (spec §c.3).
@@ -331,7 +333,7 @@ class _Plan:
         by, bx, BOY, BOX, BTY, BTX, BMY, BMX = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim, _interpreting())
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
-        _flrelu_kernel[grid](
+        launch_kernel(_flrelu_kernel, grid,
             inp, out, bias if bias is not None else dummy, codes if codes is not None else dummy,
             p["h1y"], p["h1x"], p["h2y"], p["h2x"],
             self.c, ih, iw, oh, ow,
@@ -415,3 +417,36 @@ def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, f
     if b is not None:
         b = b.contiguous()
     return _FilteredLReLU.apply(x, b, plan, want_codes)
+
+
+def launch_cost(p: dict, programs: int) -> dict:
+    """What one launch of ``_flrelu_kernel`` executes, from its own tile plan (``p``: the launch's arguments).
+
+    ``macs``: multiply-adds by unit (every ``tl.dot`` counted at its full padded shape, times the programs);
+    ``dram_bytes``: the unique footprint (input, output, codes once: neighbouring tiles' halo re-reads hit L2);
+    ``tile_bytes``: what the programs load and store including halos.
+    """
+    esz_in = p["in_ptr"].element_size()
+    esz_out = p["out_ptr"].element_size()
+    f64 = p["h1y_ptr"].dtype == torch.float64
+    unit = "cuda_fp64" if f64 else "cuda_fp32"
+    r1, r2 = p["R1"], p["R2"]
+    BOY, BOX, BTY, BTX, BMY, BMX = (p[k] for k in ("BOY", "BOX", "BTY", "BTX", "BMY", "BMX"))
+    per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
+    inp, out = p["in_ptr"], p["out_ptr"]
+    code_bytes = 0
+    if p["MODE"] != _MODE_ACT:
+        code_bytes = out.shape[0] * out.shape[1] * p["code_h"] * p["code_stride"]
+    dram = inp.numel() * esz_in + out.numel() * esz_out + code_bytes
+    tile = programs * (BMY * BMX * esz_in + (BTY * BTX // 4 if p["MODE"] != _MODE_ACT else 0)) \
+        + out.numel() * esz_out
+    return {"macs": {unit: programs * per_prog}, "dram_bytes": dram, "tile_bytes": tile}
+
+
+def floor_bytes(p: dict) -> int:
+    """The memory floor of one launch: its input and output once, plus the 2-bit codes it writes or reads."""
+    inp, out = p["in_ptr"], p["out_ptr"]
+    n = inp.numel() * inp.element_size() + out.numel() * out.element_size()
+    if p["MODE"] != _MODE_ACT:
+        n += out.shape[0] * out.shape[1] * p["code_h"] * -(-p["code_w"] // 4)
+    return n

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..upfirdn2d import adjoint_function, output_size
-from . import INTERPRETED
+from . import INTERPRETED, launch
 
 # Under the interpreter every program costs ~0.1 ms per op: few, large programs. On a GPU ordinary blocks.
 BLOCK = 65536 if INTERPRETED else 1024
@@ -67,7 +67,7 @@ def _pass(x: torch.Tensor, g: torch.Tensor, upx: int, upy: int, downx: int, down
     if total == 0:
         return out
     grid = (triton.cdiv(total, BLOCK),)
-    _upfirdn2d_kernel[grid](x, g.contiguous(), out, total, in_h, in_w, out_h, out_w, px0, py0,
+    launch(_upfirdn2d_kernel, grid, x, g.contiguous(), out, total, in_h, in_w, out_h, out_w, px0, py0,
                             UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, FH=fh, FW=fw,
                             FP64=x.dtype == torch.float64, BLOCK=BLOCK)
     return out
@@ -100,3 +100,19 @@ def upfirdn2d_triton(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int
     Returns ``[N, C, out_h, out_w]`` in ``x.dtype``, differentiable with respect to ``x`` to any order.
     """
     return _Upfirdn2d.apply(x, f, up, down, list(padding), flip_filter, gain)
+
+
+def launch_cost(p: dict, programs: int) -> dict:
+    """What one launch of ``_upfirdn2d_kernel`` executes (see ``filtered_lrelu.launch_cost``)."""
+    x, out = p["x_ptr"], p["out_ptr"]
+    taps = -(-p["FH"] // p["UPY"]) * -(-p["FW"] // p["UPX"])
+    unit = "cuda_fp64" if p["FP64"] else "cuda_fp32"
+    dram = x.numel() * x.element_size() + out.numel() * out.element_size()
+    return {"macs": {unit: out.numel() * taps}, "dram_bytes": dram,
+            "tile_bytes": out.numel() * (taps * x.element_size() + out.element_size())}
+
+
+def floor_bytes(p: dict) -> int:
+    """The memory floor of one launch: its input and output once."""
+    x, out = p["x_ptr"], p["out_ptr"]
+    return x.numel() * x.element_size() + out.numel() * out.element_size()
