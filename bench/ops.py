@@ -254,7 +254,7 @@ def model(cfgs, res: int, batch: int, show_others: bool = True) -> int:
           + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in sc.H100_MACS_PER_S.items()) + f"; batch {batch}, {res}x{res}")
     header = (f"{'cfg':3} {'layer':13} {'dtype':7} {'pass':4} {'launch':>6} {'GMAC cuda':>9} {'GMAC tc':>8} "
               f"{'MB moved':>8} {'MB floor':>8} {'pred ms':>7} {'floor ms':>8} {'ratio':>5} {'regs':>4} "
-              f"{'spill':>5} {'blk/SM':>6} {'warps':>5}")
+              f"{'spill':>5} {'stack':>5} {'blk/SM':>6} {'warps':>5}")
     print(header)
     print("-" * len(header))
     worst = {}
@@ -288,14 +288,15 @@ def model(cfgs, res: int, batch: int, show_others: bool = True) -> int:
                 fl = floor / sc.H100_BYTES_PER_S
                 res_ = [sc.resources(r.compiled) for r in recs]
                 regs = max(r.regs for r in res_)
-                spill = max(r.spill_bytes + r.stack for r in res_)
+                spill = max(r.spill_bytes for r in res_)
+                stack = max(r.stack for r in res_)
                 blk = min(r.blocks_per_sm for r in res_)
                 warps = min(r.warps_per_sm for r in res_)
                 ratio = pred / fl
                 worst[(cfg, ph)] = max(worst.get((cfg, ph), 0.0), ratio)
                 print(f"{cfg:3} {name:13} {str(dtype)[6:]:7} {ph:4} {len(recs):6d} {macs_c / 1e9:9.2f} "
                       f"{macs_t / 1e9:8.2f} {moved / 1e6:8.1f} {floor / 1e6:8.1f} {pred * 1e3:7.3f} "
-                      f"{fl * 1e3:8.3f} {ratio:5.2f} {regs:4d} {spill:5d} {blk:6d} {warps:5d}")
+                      f"{fl * 1e3:8.3f} {ratio:5.2f} {regs:4d} {spill:5d} {stack:5d} {blk:6d} {warps:5d}")
     print("worst predicted/floor: " + ", ".join(f"{c} {ph} {v:.2f}" for (c, ph), v in worst.items()))
     return 0
 

@@ -13,6 +13,8 @@ Only ``tl.exp``/``tl.log`` are used (libdevice is unavailable under the interpre
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -26,6 +28,7 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus default: linear above it
 # Under the interpreter every program costs ~0.1 ms per op, so few, large programs; on a GPU ordinary blocks.
 BLOCK = 65536 if INTERPRETED else 2048
+# (elements per program; a block is [channels, inner] shaped, see _bias_act_kernel)
 
 
 @triton.jit
@@ -137,24 +140,32 @@ def _act_deriv2(z, alpha, ACT: tl.constexpr):
 
 
 @triton.jit
-def _bias_act_kernel(x_ptr, b_ptr, g_ptr, out_ptr, numel, inner, channels, alpha, gain, clamp,
+def _bias_act_kernel(x_ptr, b_ptr, g_ptr, out_ptr, channels, inner, alpha, gain, clamp,
                      ACT: tl.constexpr, ORDER: tl.constexpr, HAS_B: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                     FP64: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
+                     FP64: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
+    """``x`` viewed as ``[outer, channels, inner]`` (the bias runs along ``channels``; without a bias channels = 1 and
+    inner = numel). Program (i, c, o) owns a ``[BC, BI]`` block; the bias is indexed by the channel, never by
+    dividing a flat index. The block offset is the only 64-bit arithmetic."""
+    pid_i = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_o = tl.program_id(2).to(tl.int64)
+    c = pid_c * BC + tl.arange(0, BC)
+    i = pid_i * BI + tl.arange(0, BI)
+    mask = (c < channels)[:, None] & (i < inner)[None, :]
+    base = (pid_o * channels + pid_c * BC) * inner + pid_i * BI
+    offs = tl.arange(0, BC)[:, None] * inner + tl.arange(0, BI)[None, :]
     if FP64:
-        z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+        z = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float64)
     else:
-        z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_B:
-        c = (offs // inner) % channels
-        z = z + tl.load(b_ptr + c, mask=mask, other=0.0).to(z.dtype)
+        z = z + tl.load(b_ptr + c, mask=c < channels, other=0.0).to(z.dtype)[:, None]
     if ORDER == 0:
         r = _act_value(z, alpha, ACT) * gain
         if HAS_CLAMP:
             r = tl.minimum(tl.maximum(r, -clamp), clamp)
     else:
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(z.dtype)
+        g = tl.load(g_ptr + base + offs, mask=mask, other=0.0).to(z.dtype)
         if ORDER == 1:
             r = g * gain * _act_deriv1(z, alpha, ACT)
         else:
@@ -162,7 +173,7 @@ def _bias_act_kernel(x_ptr, b_ptr, g_ptr, out_ptr, numel, inner, channels, alpha
         if HAS_CLAMP:
             v = _act_value(z, alpha, ACT) * gain
             r = tl.where((v >= -clamp) & (v <= clamp), r, 0.0)
-    tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + base + offs, r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(order: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor | None, dim: int, act: str,
@@ -174,18 +185,25 @@ def _launch(order: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor
     numel = x.numel()
     if numel == 0:
         return out
-    inner, channels = 1, 1  # b[(flat_index // inner) % channels] is the bias of an element
+    outer, channels, inner = 1, 1, numel  # x as [outer, channels, inner], bias along channels
     if b is not None:
-        for s in x.shape[dim + 1:]:
-            inner *= s
         channels = x.shape[dim]
+        inner = math.prod(x.shape[dim + 1:])
+        outer = numel // (channels * inner)
+    bi = min(triton.next_power_of_2(inner), BLOCK)
+    bc = min(triton.next_power_of_2(channels), max(1, BLOCK // bi))
     gptr = g.to(x.dtype).contiguous() if g is not None else x
     bptr = b.contiguous() if b is not None else x
-    grid = (triton.cdiv(numel, BLOCK),)
-    launch(_bias_act_kernel, grid, x, bptr, gptr, out, numel, inner, channels, float(alpha), float(gain),
-                           float(clamp) if clamp is not None else 0.0,
-                           ACT=ACT_CODES[act], ORDER=order, HAS_B=b is not None, HAS_CLAMP=clamp is not None,
-                           FP64=x.dtype == torch.float64, BLOCK=BLOCK)
+    step = 65535  # grid axis 2 limit: chunks of the outer dimension (contiguous views)
+    for o0 in range(0, outer, step):
+        o1 = min(outer, o0 + step)
+        flat = slice(o0 * channels * inner, o1 * channels * inner)
+        xs, gs, outs = (t.view(-1)[flat] for t in (x, gptr, out))
+        grid = (triton.cdiv(inner, bi), triton.cdiv(channels, bc), o1 - o0)
+        launch(_bias_act_kernel, grid, xs, bptr, gs, outs, channels, inner, float(alpha), float(gain),
+               float(clamp) if clamp is not None else 0.0,
+               ACT=ACT_CODES[act], ORDER=order, HAS_B=b is not None, HAS_CLAMP=clamp is not None,
+               FP64=x.dtype == torch.float64, BC=bc, BI=bi, num_warps=4 if bc * bi <= 1024 else 8)
     return out
 
 

@@ -112,7 +112,7 @@ def _cuobjdump() -> str:
 @dataclasses.dataclass
 class Resources:
     regs: int
-    spill_bytes: int  # local memory per thread (register spills; Triton kernels have no local arrays)
+    spill_bytes: int  # spill stores + loads per thread (ptxas -v)
     stack: int
     shared: int
     num_warps: int
@@ -138,6 +138,31 @@ def blocks_per_sm(regs: int, num_warps: int, shared: int) -> int:
 _cache: dict = {}
 
 
+def _ptxas() -> str:
+    """The ptxas Triton compiles with (the name and API moved between Triton versions)."""
+    from triton.backends.nvidia import compiler as nv
+
+    if hasattr(nv, "get_ptxas"):
+        try:
+            return nv.get_ptxas(90).path
+        except TypeError:
+            return nv.get_ptxas().path
+    return triton.knobs.nvidia.ptxas.path
+
+
+def _ptxas_spills(ptx: str, arch: int) -> int:
+    """Spill store + load bytes per thread, from ``ptxas -v`` on the kernel's PTX (the cubin does not record them)."""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        suffix = "a" if arch >= 90 else ""
+        log = subprocess.run([_ptxas(), "-v", f"--gpu-name=sm_{arch}{suffix}", src, "-o", os.path.join(d, "k.o")],
+                             check=True, capture_output=True, text=True).stderr
+    found = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return sum(int(a) + int(b) for a, b in found)
+
+
 def resources(compiled) -> Resources:
     """Registers, spills, stack (cubin), shared memory, occupancy and instruction mix (PTX) of a compiled kernel."""
     key = compiled.hash
@@ -149,12 +174,13 @@ def resources(compiled) -> Resources:
         text = subprocess.run([_cuobjdump(), "-res-usage", f.name], check=True, capture_output=True,
                               text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
-    regs, stack, _, local = (int(v) for v in m.groups())
+    regs, stack, _, _ = (int(v) for v in m.groups())
     ptx = compiled.asm["ptx"]
+    spills = _ptxas_spills(ptx, compiled.metadata.target.arch)
     shared = int(compiled.metadata.shared)
     warps = int(compiled.metadata.num_warps)
     res = Resources(
-        regs=regs, spill_bytes=local, stack=stack, shared=shared, num_warps=warps,
+        regs=regs, spill_bytes=spills, stack=stack, shared=shared, num_warps=warps,
         blocks_per_sm=blocks_per_sm(regs, warps, shared),
         mma=len(re.findall(r"^\s*(?:mma\.sync|wgmma\.mma_async)", ptx, re.M)),
         fma32=len(re.findall(r"^\s*fma\.rn\.f32", ptx, re.M)),
