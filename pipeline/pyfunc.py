@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -22,6 +23,12 @@ import pandas as pd
 import torch
 
 NETWORK_ARTIFACT = "network"
+
+
+# MLflow 3 warns at class definition (every import, e.g. in each `generate`) that `predict` has no type hints; the
+# model is saved with an explicit signature (`signature()` below), so the hint-based inference the warning
+# advertises is not needed. (The message starts with a colour code.)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):

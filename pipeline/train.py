@@ -43,8 +43,13 @@ DEMO_IMAGES = 1000  # a quarter of the demo set: the shards build in seconds
 # The embedded default: a tiny StyleGAN3-T at 32x32 that trains on a 2-core CPU in under 10 minutes
 # (measured in docs/training.md). Same meaning as the flags of the same names.
 DEMO_ARGS = ["--cfg", "stylegan3-t", "--batch", "8", "--cbase", "1024", "--cmax", "32", "--kimg", "0.2",
-             "--tick", "0.04", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1",
-             "--run-name", "demo-emoji32-t"]
+             "--tick", "0.04", "--snap", "1", "--keep", "2", "--workers", "1", "--cpus-per-worker", "1"]
+DEMO_RUN_NAME = "demo-emoji32-t"
+DEMO_DATA = "demo:emoji"  # --data value that means the bundled set (also the default when --data is not given)
+# Flags that leave the demo's training trajectory as it is (the derived run name ignores them too): with only
+# these on top of the embedded default, the run keeps the name DEMO_RUN_NAME, so `--kimg 2` continues it.
+SAME_RUN_FLAGS = {"--kimg", "--tick", "--snap", "--keep", "--workers", "--cpus-per-worker", "--use-gpu",
+                  "--storage", "--max-failures", "--metrics", "--experiment", "--model-name", "--tracking", "--data"}
 
 
 def _bool(text: str) -> bool:
@@ -71,7 +76,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--mbstd-group", type=int, default=d.model.mbstd_group,
                    help="minibatch-std group size of D; each worker's chunk must be a multiple (%(default)s)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="shard set built by `python -m pipeline.dataset build` (dir or s3://bucket/prefix)")
+    g.add_argument("--data", help="shard set built by `python -m pipeline.dataset build` (dir or s3://bucket/prefix); "
+                   f"{DEMO_DATA} or no --data = the bundled demo set at {DEMO_RESOLUTION}x{DEMO_RESOLUTION} with the "
+                   "embedded default's settings under the flags you give")
     g.add_argument("--mirror", type=_bool, default=False, help="add x-flipped copies of the images (0/1)")
     g.add_argument("--cond", type=_bool, default=False, help="class-conditional training from the labels (0/1)")
     g = p.add_argument_group("optimisation")
@@ -140,11 +147,15 @@ def _local_ray_env() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _init_ray(dashboard: bool = False) -> None:
-    """Join RAY_ADDRESS's cluster, or start a private local instance. dashboard: start the local instance with
-    its dashboard on 127.0.0.1 -- it serves the state API through which Ray Train's placement-group cleaner
-    releases the CPUs of a Train run whose controller was killed (a trial stopped early by Tune); without it
-    those reservations leak and later trials wait forever."""
+def _init_ray(dashboard: bool = True) -> None:
+    """Join RAY_ADDRESS's cluster, or start a private local instance, with log_to_driver=False: the user reads
+    our lines (the run, one line per tick, the summary), and Ray's own worker, controller and Ray Data output
+    stays in Ray's log files (`fit` relays the tick lines from the Train controller itself).
+
+    dashboard: start the local instance with its dashboard on 127.0.0.1 -- it serves the state API through which
+    Ray Train's placement-group cleaner watches the Train controller (without it the cleaner warns every few
+    seconds, and the CPUs of a Train run whose controller was killed, e.g. a trial stopped early by Tune, are
+    never released)."""
     import ray
     import ray.data
 
@@ -155,7 +166,7 @@ def _init_ray(dashboard: bool = False) -> None:
         extra = {"dashboard_host": "127.0.0.1"} if dashboard and local else {}
         try:
             ray.init(address="local" if local else None, include_dashboard=dashboard and local,
-                     configure_logging=False, **extra)
+                     configure_logging=False, log_to_driver=False, **extra)
         except Exception as e:
             if "timed out during startup" in str(e):  # Ray gives a local raylet a fixed 30 s to register
                 raise SystemExit("error: Ray could not start a local node within 30 s (this machine is too "
@@ -163,13 +174,32 @@ def _init_ray(dashboard: bool = False) -> None:
                                  "RAY_ADDRESS=auto") from None
             raise
     ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per tick instead
+    ray.data.DataContext.get_current().print_on_execution_start = False
+
+
+def demo_argv(argv: list[str]) -> list[str] | None:
+    """The flags of a run on the bundled demo set (no --data, or --data demo:emoji): the embedded default's
+    settings, then the user's flags over them; None when `argv` names other data."""
+    parsed = make_parser().parse_args(argv)
+    if parsed.data not in (None, DEMO_DATA):
+        return None
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    # Only flags that keep the trajectory: the run keeps its readable name (and resumes with a larger --kimg).
+    name = ["--run-name", DEMO_RUN_NAME] if given <= SAME_RUN_FLAGS else []
+    full = DEMO_ARGS + name + list(argv)
+    if "--model-name" not in given:  # the registered name the README's commands use: stylegan3-emoji-t (or -r)
+        full += ["--model-name", "stylegan3-emoji-" + make_parser().parse_args(full).cfg.removeprefix("stylegan3-")]
+    return full
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _local_ray_env()
-    demo = not argv
-    args = make_parser().parse_args(DEMO_ARGS if demo else argv)
+    full = demo_argv(argv)
+    demo = full is not None
+    args = make_parser().parse_args(full if demo else argv)
+    if demo:
+        args.data = None
     cfg = config_from_args(args)
     from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
 
@@ -178,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if demo:
             from pipeline.data import ensure_demo_shards
 
-            print(f"embedded default: demo:emoji shards at {DEMO_RESOLUTION}x{DEMO_RESOLUTION} in {DEMO_CACHE}",
-                  flush=True)
+            print(f"demo data: {DEMO_DATA} shards at {DEMO_RESOLUTION}x{DEMO_RESOLUTION} in {DEMO_CACHE}"
+                  + ("" if argv else " (the embedded default)"), flush=True)
             uri = ensure_demo_shards(DEMO_CACHE, DEMO_RESOLUTION, max_images=DEMO_IMAGES)
             cfg = cfg.replace(data={"uri": uri})
         cfg, info = prepare(cfg)
@@ -214,11 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     print("next:")
     if last:
         print(f"  python -m pipeline.generate --model {last} --seeds 0-7 --outdir outputs/fakes")
-    again = list(DEMO_ARGS) + ["--data", cfg.data.uri] if demo else list(argv)
-    if "--kimg" in again:
-        again[again.index("--kimg") + 1] = f"{cfg.schedule.kimg * 10:g}"
-    else:
-        again += ["--kimg", f"{cfg.schedule.kimg * 10:g}"]
+    again = [a for i, a in enumerate(argv)
+             if not a.startswith("--kimg=") and a != "--kimg" and (i == 0 or argv[i - 1] != "--kimg")]
+    again += ["--kimg", f"{cfg.schedule.kimg * 10:g}"]
     print("  python -m pipeline.train " + shlex.join(again) + "   # continues this run to a larger --kimg")
     return 0
 

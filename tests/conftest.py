@@ -26,8 +26,11 @@ from tests import services
 # that Ray workers (which inherit the driver's environment) and MLflow see the same values.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="sg3-tests-"))
 _RAY_TMP = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-_S3_PORT = services.free_port()
-_S3 = services.S3Info(f"http://127.0.0.1:{_S3_PORT}", services.TEST_ACCESS_KEY, services.TEST_SECRET_KEY)
+# The S3 endpoint must be known now (for the environment); its port block is held for the whole session, so a
+# restarted server comes back on the same ports.
+_S3_PORTS = services.reserve_ports()
+_S3_PORTS.hold_until_exit()
+_S3 = services.S3Info(f"http://127.0.0.1:{_S3_PORTS[0]}", services.TEST_ACCESS_KEY, services.TEST_SECRET_KEY)
 os.environ.update(services.ray_env(_RAY_TMP))
 os.environ.update(_S3.env())
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -59,7 +62,7 @@ def session_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    server = services.start_seaweedfs(_SESSION_DIR / "seaweedfs", s3_port=_S3_PORT)
+    server = services.start_seaweedfs(_SESSION_DIR / "seaweedfs", ports=_S3_PORTS)
     try:
         yield server.info["s3"]
     finally:
@@ -87,6 +90,7 @@ def mlflow_server(s3_server):
         yield handle
     finally:
         handle.server.stop(grace=5)
+        handle.server.release_ports()
 
 
 class _Restartable:
@@ -105,7 +109,8 @@ class _Restartable:
 
     def start(self) -> None:
         s3 = services.S3Info(os.environ["AWS_ENDPOINT_URL"], services.TEST_ACCESS_KEY, services.TEST_SECRET_KEY)
-        self.server = services.start_mlflow_server(self.server.workdir, s3, self.info["bucket"], port=self.info["port"])
+        self.server = services.start_mlflow_server(self.server.workdir, s3, self.info["bucket"],
+                                                   ports=self.info["ports"])
         self.info = self.server.info
 
 
@@ -117,11 +122,12 @@ def ray_local():
     from ray._private.utils import get_ray_address_file, write_ray_address
 
     address_file = None
+    dashboard = services.reserve_ports(1)
     if not ray.is_initialized():
         # The dashboard serves the state API that Ray Train's placement-group cleaner queries; without it the
         # CPU reservations of finished Train runs (e.g. stopped Tune trials) are never released.
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=services.free_port(), log_to_driver=False,
+                 dashboard_port=dashboard[0], log_to_driver=False,
                  _temp_dir=str(_RAY_TMP), configure_logging=False)
         # That cleaner finds the cluster through RAY_ADDRESS or this file under RAY_TMPDIR (ours); with a
         # second Ray on the machine (ray_head) and neither, it fails ("Found multiple active Ray instances").
@@ -134,6 +140,7 @@ def ray_local():
         if address_file:
             address_file.unlink(missing_ok=True)  # else the next ray.init() would join this dead cluster
         ray.shutdown()
+        dashboard.release()
 
 
 @pytest.fixture(scope="module")

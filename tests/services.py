@@ -25,24 +25,134 @@ TEST_SECRET_KEY = "stylegan3-test-secret"
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 that no other test server gets, held for the life of this process."""
+    return free_ports(1)[0]
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (held open together so none is handed out twice)."""
-    socks = []
+    """`n` distinct free ports, one block held for the life of this process (for servers started outside
+    `start_with_retry`; prefer that with a `PortBlock`, which is given back when the server stops)."""
+    block = reserve_ports(n)
+    block.hold_until_exit()
+    return [block[i] for i in range(n)]
+
+
+# Port blocks. Every server the tests start takes its pinned ports (and a Ray head its worker port range) from a
+# block of SLOT consecutive ports that
+# - lies outside the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), so that no outgoing
+#   connection of any process can take one of them between choice and bind, and outside Ray's default worker
+#   range 10002-19999 used by `ray.init()` (ray_local);
+# - is claimed with an exclusive flock on a file in LOCK_DIR, so that two servers -- of this test process or of
+#   another one on the machine -- never get overlapping blocks; the lock is held until the server is stopped or
+#   the process exits (the kernel drops it then, so a crashed run frees its blocks);
+# - had every port bindable at claim time. A port taken by a foreign process after that is met by retrying the
+#   start with a fresh block (`start_with_retry`).
+SLOT = 256
+RAY_DEFAULT_WORKER_PORTS = (10002, 19999)
+LOCK_DIR = Path(tempfile.gettempdir()) / "stylegan3-ray-test-ports"
+_HELD: list[PortBlock] = []  # blocks this process keeps until it exits (free_port, session-wide servers)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for automatically assigned ports (both ends included)."""
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _slot_bases() -> list[int]:
+    lo, hi = ephemeral_range()
+    start = RAY_DEFAULT_WORKER_PORTS[1] + 1
+    bases = [b for b in range(start, 65536 - SLOT, SLOT)
+             if b + SLOT <= lo or b > hi]  # entirely outside the ephemeral range
+    if not bases:
+        raise RuntimeError(f"no port range outside the ephemeral range {lo}-{hi} and Ray's default worker "
+                           "ports: widen the gap in /proc/sys/net/ipv4/ip_local_port_range")
+    return bases
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@dataclass
+class PortBlock:
+    """Ports base .. base + size - 1, reserved for one server (see the comment above SLOT)."""
+
+    base: int
+    size: int
+    _lock: object = field(repr=False, default=None)
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.size:
+            raise IndexError(f"port {i} of a block of {self.size}")
+        return self.base + i
+
+    def range(self, first: int, count: int) -> tuple[int, int]:
+        """(min, max) ports of `count` ports starting at offset `first` (a Ray worker port range)."""
+        if first + count > self.size:
+            raise IndexError(f"ports {first}..{first + count - 1} exceed a block of {self.size}")
+        return self.base + first, self.base + first + count - 1
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops its flock
+            self._lock = None
+        if self in _HELD:
+            _HELD.remove(self)
+
+    def hold_until_exit(self) -> int:
+        """Keep the block for the life of this process; returns its first port."""
+        _HELD.append(self)
+        return self.base
+
+
+def reserve_ports(size: int = SLOT) -> PortBlock:
+    """Claim a block of `size` (<= SLOT) free ports that no other server of any test process holds."""
+    import fcntl
+    import random
+
+    if not 1 <= size <= SLOT:
+        raise ValueError(f"a port block holds 1..{SLOT} ports, not {size}")
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    bases = _slot_bases()
+    random.shuffle(bases)
+    for base in bases:
+        fh = open(LOCK_DIR / f"{base}.lock", "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        if all(_bindable(port) for port in range(base, base + size)):
+            return PortBlock(base, size, fh)
+        fh.close()
+    raise RuntimeError(f"no free block of {size} ports in {len(bases)} candidates (locks in {LOCK_DIR})")
+
+
+def start_with_retry(start, attempts: int = 3):
+    """`start(block)` with a fresh PortBlock, again (up to `attempts` times) when the server fails to come up --
+    e.g. a port of its block was taken by a foreign process after it was claimed. The block stays with the
+    returned server (`server.info["ports"]`) and is released when it stops."""
+    error: Exception | None = None
+    for _ in range(attempts):
+        block = reserve_ports()
+        try:
+            server = start(block)
+        except RuntimeError as e:  # wait_until's "did not become ready", with the server's log tail
+            block.release()
+            error = e
+            continue
+        server.info["ports"] = block
+        return server
+    raise RuntimeError(f"server did not start in {attempts} attempts with fresh ports; last error: {error}")
 
 
 def venv_bin(name: str) -> str:
@@ -160,6 +270,11 @@ class Server:
         except subprocess.TimeoutExpired:
             pass
 
+    def release_ports(self) -> None:
+        """Give the server's port block back (after `stop`, when it will not be restarted on the same ports)."""
+        if "ports" in self.info:
+            self.info.pop("ports").release()
+
 
 def _spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> Server:
     log = workdir / f"{name}.log"
@@ -189,12 +304,28 @@ class S3Info:
         }
 
 
-def start_seaweedfs(workdir: Path, s3_port: int | None = None) -> Server:
-    """`weed server` with master, volume, filer and S3 gateway on loopback (PLATFORM.md flags)."""
+def start_seaweedfs(workdir: Path, ports: PortBlock | None = None) -> Server:
+    """`weed server` with master, volume, filer and S3 gateway on loopback (PLATFORM.md flags). The S3 gateway
+    listens on `ports[0]`; with `ports` given (a restart on the same ports) it is tried there up to 3 times, else
+    on fresh blocks (`start_with_retry`)."""
+    if ports is None:
+        return start_with_retry(lambda block: _start_seaweedfs(workdir, block))
+    error: Exception | None = None
+    for attempt in range(3):
+        try:
+            server = _start_seaweedfs(workdir, ports)
+            server.info["ports"] = ports
+            return server
+        except RuntimeError as e:  # a port still held by a dying predecessor: wait and try again
+            error = e
+            time.sleep(2 + 3 * attempt)
+    raise RuntimeError(f"SeaweedFS did not start on ports {ports.base}..: {error}")
+
+
+def _start_seaweedfs(workdir: Path, block: PortBlock) -> Server:
     (workdir / "data").mkdir(parents=True, exist_ok=True)
-    p = free_ports(8)
-    if s3_port is not None:
-        p[6] = s3_port
+    # The S3 gateway first: clients know it as the block's base port.
+    p = [block[1], block[2], block[3], block[4], block[5], block[6], block[0], block[7]]
     cmd = [
         venv_bin("weed"), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", "-master.telemetry=false",
@@ -234,10 +365,18 @@ def start_seaweedfs(workdir: Path, s3_port: int | None = None) -> Server:
 # MLflow tracking server
 
 
-def start_mlflow_server(workdir: Path, s3: S3Info, bucket: str, port: int | None = None) -> Server:
-    """`mlflow server` with a sqlite backend and artifacts proxied to `s3://bucket/artifacts`."""
+def start_mlflow_server(workdir: Path, s3: S3Info, bucket: str, ports: PortBlock | None = None) -> Server:
+    """`mlflow server` with a sqlite backend and artifacts proxied to `s3://bucket/artifacts`, on `ports[0]`
+    (a restart on the same port), else on a fresh block with retries."""
+    if ports is None:
+        return start_with_retry(lambda block: _start_mlflow_server(workdir, s3, bucket, block[0]))
+    server = _start_mlflow_server(workdir, s3, bucket, ports[0])
+    server.info["ports"] = ports
+    return server
+
+
+def _start_mlflow_server(workdir: Path, s3: S3Info, bucket: str, port: int) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     env = {
         **os.environ,
         "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
@@ -282,20 +421,37 @@ def ray_env(tmpdir: Path) -> dict[str, str]:
     }
 
 
+RAY_HEAD_PORTS = 16  # pinned ports of a Ray head; its worker port range follows them in the block
+RAY_WORKER_PORTS = 200
+
+
+def ray_port_flags(block: PortBlock) -> list[str]:
+    """`ray start --head` flags pinning every port Ray opens to `block`: ten named ports, then the worker range."""
+    lo, hi = block.range(RAY_HEAD_PORTS, RAY_WORKER_PORTS)
+    return [
+        f"--port={block[0]}", f"--dashboard-port={block[1]}", f"--node-manager-port={block[2]}",
+        f"--object-manager-port={block[3]}", f"--ray-client-server-port={block[4]}",
+        f"--dashboard-agent-listen-port={block[5]}", f"--dashboard-agent-grpc-port={block[6]}",
+        f"--runtime-env-agent-port={block[7]}", f"--metrics-export-port={block[8]}",
+        f"--min-worker-port={lo}", f"--max-worker-port={hi}",
+    ]
+
+
 def start_ray_head(workdir: Path, num_cpus: int = 2, extra_env: dict[str, str] | None = None) -> Server:
-    """`ray start --head --block` with a dashboard (job submission) and every port pinned."""
+    """`ray start --head --block` with a dashboard (job submission) and every port pinned to one PortBlock;
+    retried on a fresh block when it does not come up."""
+    return start_with_retry(lambda block: _start_ray_head(workdir, block, num_cpus, extra_env))
+
+
+def _start_ray_head(workdir: Path, block: PortBlock, num_cpus: int, extra_env: dict[str, str] | None) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are limited to ~107 bytes: Ray's session dir must live under a short path.
     temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
-    p = free_ports(10)
+    p = [block[0], block[1]]
     env = {**os.environ, **ray_env(temp_dir), **(extra_env or {})}
     cmd = [
         venv_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        f"--port={p[0]}", f"--dashboard-port={p[1]}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-        f"--node-manager-port={p[2]}", f"--object-manager-port={p[3]}", f"--ray-client-server-port={p[4]}",
-        f"--dashboard-agent-listen-port={p[5]}", f"--dashboard-agent-grpc-port={p[6]}",
-        f"--runtime-env-agent-port={p[7]}", f"--metrics-export-port={p[8]}",
-        f"--min-worker-port={20000 + (p[9] % 20000)}", f"--max-worker-port={20000 + (p[9] % 20000) + 199}",
+        "--dashboard-host=127.0.0.1", "--include-dashboard=true", *ray_port_flags(block),
         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     server = _spawn("ray-head", cmd, workdir, env)
@@ -310,10 +466,12 @@ def start_ray_head(workdir: Path, num_cpus: int = 2, extra_env: dict[str, str] |
         wait_until(ready, 90, "ray head", server.log, server.proc)
     except Exception:
         server.stop(grace=2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     return server
 
 
 def stop_ray_head(server: Server) -> None:
     server.stop(grace=8)
+    server.release_ports()
     shutil.rmtree(server.info["temp_dir"], ignore_errors=True)

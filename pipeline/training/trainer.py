@@ -100,10 +100,12 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
-def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress: bool = True,
+def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress=True,
                   callbacks: list | None = None):
     """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests, tune);
-    callbacks: extra Ray Train callbacks (pipeline.tune adds TuneReportCallback)."""
+    progress: True = tick lines printed by the Ray Train controller, a `ray.util.queue.Queue` = tick lines sent
+    there (`fit` prints them in the driver), False = none; callbacks: extra Ray Train callbacks (pipeline.tune
+    adds TuneReportCallback)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -134,7 +136,9 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
-        callbacks=([ProgressPrinter(cfg.schedule.kimg)] if progress else []) + list(callbacks or []),
+        # `is` tests: an empty queue is falsy (it has a length).
+        callbacks=([] if progress is False else [ProgressPrinter(cfg.schedule.kimg, None if progress is True else progress)])
+        + list(callbacks or []),
         # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
         # cpu_process_env: allocator settings for the CPU path's large tensors (ops/__init__.py), in place before
         # the worker process starts.
@@ -146,10 +150,43 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
                         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
 
 
-def fit(cfg: TrainConfig, info, **kwargs):
+def fit(cfg: TrainConfig, info, progress: bool = True, **kwargs):
     """Build (kwargs as build_trainer) and fit the trainer; returns the ray.train.Result
-    (result.checkpoint = the latest checkpoint)."""
-    return build_trainer(cfg, info, **kwargs).fit()
+    (result.checkpoint = the latest checkpoint).
+
+    progress: print one line per tick on this process's stdout. The lines travel from the Ray Train controller
+    through a queue actor, so that they reach the user even when Ray's own worker output does not (the commands
+    start Ray with log_to_driver=False: Ray's logs stay in Ray's log files)."""
+    if not progress:
+        return build_trainer(cfg, info, progress=False, **kwargs).fit()
+    import threading
+
+    from ray.util.queue import Empty, Queue
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    trainer = build_trainer(cfg, info, progress=lines, **kwargs)
+    outcome: dict[str, Any] = {}
+
+    def run():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not lines.empty():
+            try:
+                print(lines.get(timeout=0.5), flush=True)
+            except Empty:
+                pass
+    finally:
+        thread.join()
+        lines.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _fmt_time(seconds: float) -> str:
@@ -180,11 +217,13 @@ except ImportError:  # Ray Train V1 (V2 is the default in the pinned Ray)
 
 
 class ProgressPrinter(UserCallback):
-    """Prints one line per tick (runs in the Ray Train controller; its output reaches the driver's log)."""
+    """One line per tick, printed (runs in the Ray Train controller) or put into `sink`, a ray.util.queue.Queue
+    that the driver reads (`fit`)."""
 
-    def __init__(self, total_kimg: float):
+    def __init__(self, total_kimg: float, sink=None):
         self.total_kimg = total_kimg
         self.start = time.time()
+        self.sink = sink
 
     def after_report(self, run_context, metrics, checkpoint):
         if not metrics or "kimg" not in metrics[0]:
@@ -192,4 +231,7 @@ class ProgressPrinter(UserCallback):
         line = progress_line(metrics[0])
         if checkpoint is not None:
             line += f"  [checkpoint {checkpoint.path}]"
-        print(line, flush=True)
+        if self.sink is not None:
+            self.sink.put(line)
+        else:
+            print(line, flush=True)

@@ -62,3 +62,21 @@ def test_cli_refuses_bad_flags_with_one_sentence(argv, message, capsys):
 def test_missing_data_is_refused_before_cluster_work(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "nothing")]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_no_data_or_demo_data_means_the_bundled_set_under_the_users_flags():
+    from pipeline.train import DEMO_RUN_NAME, demo_argv
+
+    # Schedule-only flags: the embedded default's run, continued to another --kimg.
+    a = make_parser().parse_args(demo_argv(["--kimg", "0.4"]))
+    assert a.kimg == 0.4 and a.cbase == 1024 and a.run_name == DEMO_RUN_NAME
+    a = make_parser().parse_args(demo_argv(["--data", "demo:emoji", "--kimg=1"]))
+    assert a.kimg == 1 and a.run_name == DEMO_RUN_NAME
+    # A flag that changes the model: another trajectory, so the name is derived from the settings instead.
+    a = make_parser().parse_args(demo_argv(["--cbase", "2048"]))
+    assert a.cbase == 2048 and a.run_name is None
+    assert make_parser().parse_args(demo_argv([])).run_name == DEMO_RUN_NAME
+    assert demo_argv(["--data", "s3://b/d", "--kimg", "1"]) is None
+    # The registered model is the one README's commands name.
+    assert make_parser().parse_args(demo_argv([])).model_name == "stylegan3-emoji-t"
+    assert make_parser().parse_args(demo_argv(["--cfg", "stylegan3-r"])).model_name == "stylegan3-emoji-r"
