@@ -130,8 +130,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=120, help="video length in frames (default 120)")
     p.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
     p.add_argument("--video-format", choices=["mp4", "gif"], default="mp4", help="video container (default mp4)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     return p
 
 
@@ -139,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from pipeline.images import save_png, tile
     from pipeline.registry import SourceError, load_generator
+    from pipeline.training.devices import local_device
 
     try:
+        args.device, why = local_device(args.device)  # the rule of pipeline.training.devices
+        print(f"device: {args.device} ({why})", file=sys.stderr)
         G = load_generator(args.model, device=args.device)
     except (SourceError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -103,7 +103,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.run.workers, help="Ray Train workers (one per GPU)")
     g.add_argument("--cpus-per-worker", type=float, default=d.run.cpus_per_worker,
                    help="CPUs reserved per worker on CPU-only nodes (fractional leaves room for data loading)")
-    g.add_argument("--use-gpu", type=_bool, help="force GPUs on/off (default: on when the cluster has GPUs)")
+    g.add_argument("--use-gpu", type=_bool, help="force GPUs on/off (default: on when the cluster has GPUs or its "
+                   "autoscaler can launch them, docs/cluster.md)")
     g.add_argument("--storage", default=d.run.storage, help="where checkpoints go: local dir or s3://bucket/prefix")
     g.add_argument("--run-name", help="run name under --storage; the same name resumes (default: derived "
                    "from the data and the settings, so re-running the same command resumes)")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if demo:
         args.data = None
     cfg = config_from_args(args)
-    from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
+    from pipeline.training.trainer import choose_device, fit, latest_checkpoint, prepare, run_dir
 
     try:
         cfg.validate()  # flag-only checks first: fail before building or reading any data
@@ -216,16 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    previous = latest_checkpoint(cfg)
-    print(f"run {cfg.run.run_name}: {cfg.model.cfg} {cfg.model.resolution}x{cfg.model.resolution}, "
-          f"{info.num_images} images from {cfg.data.uri}, batch {cfg.schedule.batch} on {cfg.run.workers} "
-          f"worker(s), gamma {cfg.loss.gamma:g}, {cfg.schedule.kimg:g} kimg", flush=True)
-    print(f"  checkpoints: {run_dir(cfg)}" + (f"  (resuming from {previous})" if previous else ""), flush=True)
     if cfg.run.callbacks:
         from pipeline.tracking import tracking_uri
 
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # resolved here: workers run in other directories
     _init_ray()
+    try:
+        cfg = choose_device(cfg)  # prints the choice line: GPUs or CPUs, and why
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    previous = latest_checkpoint(cfg)
+    print(f"run {cfg.run.run_name}: {cfg.model.cfg} {cfg.model.resolution}x{cfg.model.resolution}, "
+          f"{info.num_images} images from {cfg.data.uri}, batch {cfg.schedule.batch} on {cfg.run.workers} "
+          f"worker(s), gamma {cfg.loss.gamma:g}, {cfg.schedule.kimg:g} kimg", flush=True)
+    print(f"  checkpoints: {run_dir(cfg)}" + (f"  (resuming from {previous})" if previous else ""), flush=True)
     start = time.time()
     result = fit(cfg, info)
     wall = time.time() - start

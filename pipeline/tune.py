@@ -281,20 +281,27 @@ def plan(args: argparse.Namespace, argv: list[str] | None = None) -> Sweep:
 
 
 def check_cluster(sweep: Sweep) -> int:
-    """Check that one trial fits the (running) cluster; return the number of trials that can run at once.
-    Raises ConfigError when a trial asks for more workers than the cluster has GPUs/CPUs."""
+    """Decide GPUs or CPUs for every trial (pipeline.training.devices, the rule of pipeline.train: --use-gpu, else
+    GPUs when the cluster has them or its autoscaler can launch them), print the choice line and fix it in
+    sweep.base, so that each trial's workers ask for one GPU each; check that one trial fits the cluster and return
+    the number of trials that can run at once. Raises ConfigError when a trial asks for more workers than the
+    cluster has (or can launch) GPUs, or has CPUs."""
     import ray
 
     from pipeline.data.reader import DATA_NUM_CPUS
+    from pipeline.training.trainer import choose_device
 
-    res = ray.cluster_resources()
-    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    sweep.base = choose_device(sweep.base)
     r = sweep.base.run
-    use_gpu = r.use_gpu if r.use_gpu is not None else gpus >= 1
-    if use_gpu:
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if r.use_gpu:
+        from pipeline.training import devices
+
+        found = devices.launchable_gpus()
+        gpus = max(ray.cluster_resources().get("GPU", 0.0), found[0] if found else 0)
         if r.workers > gpus:
-            raise ConfigError(f"--workers-per-trial {r.workers} needs {r.workers} GPUs but the cluster has "
-                              f"{gpus:g}; lower --workers-per-trial or add GPU nodes")
+            raise ConfigError(f"--workers-per-trial {r.workers} needs {r.workers} GPUs but the cluster has (or can "
+                              f"launch) {gpus:g}; lower --workers-per-trial or add GPU nodes")
         fits = int(gpus // r.workers)
     else:
         # Workers plus one Ray Data task must fit, or the trial waits forever (PLATFORM.md "CPU starvation").

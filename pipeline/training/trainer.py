@@ -92,12 +92,18 @@ def _mlflow_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
 
 
-def _use_gpu(cfg: TrainConfig) -> bool:
-    if cfg.run.use_gpu is not None:
-        return cfg.run.use_gpu
-    import ray
+def choose_device(cfg: TrainConfig) -> TrainConfig:
+    """Decide GPUs or CPUs once, on the driver (pipeline.training.devices: --use-gpu, else GPUs when the cluster has
+    them or its autoscaler can launch them), print the choice line and return `cfg` with run.use_gpu set, so that
+    the workers, the MLflow params and every trial of a sweep see the same decision. Needs ray.init() done."""
+    from pipeline.training import devices
 
-    return ray.cluster_resources().get("GPU", 0) >= 1
+    try:
+        choice = devices.choose(cfg.run.use_gpu)
+    except ValueError as e:  # a malformed declaration of launchable GPUs
+        raise ConfigError(str(e)) from None
+    print(choice.line(), flush=True)
+    return cfg.replace(run={"use_gpu": choice.use_gpu})
 
 
 def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress=True,
@@ -110,8 +116,10 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.data import default_passes, make_dataset
+    from pipeline.training import devices
 
-    use_gpu = _use_gpu(cfg)
+    # Decided by choose_device on the driver; a caller that did not (tests, a library user) gets the same rule here.
+    use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else devices.choose(None).use_gpu
     # One Ray Data execution per pass would spend seconds starting each pass of a small set: each execution
     # covers several passes (shard orders of passes 0..passes-1; the workers read it again and again).
     passes = default_passes(len(info.shards))
@@ -126,8 +134,9 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     }
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.run.workers, use_gpu=use_gpu,
-        # CPU-only: fractional CPUs leave room for Ray Data's decode tasks (PLATFORM.md "CPU starvation").
-        resources_per_worker=None if use_gpu else {"CPU": cfg.run.cpus_per_worker})
+        # GPUs: one per worker (Ray Train makes it the worker's CUDA device); the autoscaler launches GPU nodes for
+        # them. CPU-only: fractional CPUs leave room for Ray Data's decode tasks (PLATFORM.md "CPU starvation").
+        resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cfg.run.cpus_per_worker})
     if storage.is_s3(cfg.run.storage):
         fs, path = storage.pyarrow_fs(cfg.run.storage)  # pyarrow ignores AWS_ENDPOINT_URL by itself
     else:

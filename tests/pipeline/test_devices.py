@@ -1,0 +1,93 @@
+"""The device rule (pipeline.training.devices) on made-up clusters: what Ray reports is replaced, nothing starts."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from pipeline.training import devices
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A fake connected cluster: set .gpus (GPUs now), .labels (head node labels), .gcs (cluster-config GPUs)."""
+
+    class Cluster:
+        gpus = 0.0
+        labels: dict[str, str] = {}
+        gcs = None
+
+    c = Cluster()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": c.gpus} if c.gpus else {"CPU": 4.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Labels": dict(c.labels)}])
+    monkeypatch.setattr(devices, "_from_gcs_cluster_config", lambda: c.gcs)
+    monkeypatch.delenv(devices.ENV_VAR, raising=False)
+    return c
+
+
+def test_gpus_present(cluster):
+    cluster.gpus = 2
+    choice = devices.choose(None)
+    assert choice.use_gpu and choice.backend == "nccl"
+    assert choice.line() == "device: GPU (1 GPU per worker, NCCL): the cluster has 2 GPU(s)"
+
+
+def test_no_gpus_nothing_declared_is_cpu_and_says_how_to_declare(cluster):
+    choice = devices.choose(None)
+    assert not choice.use_gpu and choice.backend == "gloo"
+    assert devices.LABEL in choice.line() and devices.ENV_VAR in choice.line() and "WARNING" not in choice.line()
+
+
+@pytest.mark.parametrize("where", ["label", "env", "gcs"])
+def test_launchable_gpus_choose_gpu(cluster, monkeypatch, where):
+    if where == "label":
+        cluster.labels = {devices.LABEL: "36"}
+    elif where == "env":
+        monkeypatch.setenv(devices.ENV_VAR, "24")
+    else:
+        cluster.gcs = 16
+    choice = devices.choose(None)
+    assert choice.use_gpu
+    assert "no GPU now, but its autoscaler can launch up to" in choice.reason
+    assert {"label": devices.LABEL, "env": devices.ENV_VAR, "gcs": "cluster config"}[where] in choice.reason
+
+
+def test_declared_zero_is_cpu(cluster):
+    cluster.labels = {devices.LABEL: "0"}
+    choice = devices.choose(None)
+    assert not choice.use_gpu and "can launch none" in choice.reason
+
+
+def test_flag_overrides_and_cpu_on_gpu_cluster_is_loud(cluster):
+    cluster.labels = {devices.LABEL: "8"}
+    choice = devices.choose(False)
+    assert not choice.use_gpu and choice.wasted_gpus
+    assert "--use-gpu 0" in choice.line() and "WARNING: this run trains on CPUs although the cluster can launch 8" \
+        in choice.line()
+    cluster.gpus = 0
+    cluster.labels = {}
+    assert devices.choose(True).use_gpu
+
+
+def test_malformed_declaration(cluster, monkeypatch):
+    monkeypatch.setenv(devices.ENV_VAR, "lots")
+    with pytest.raises(ValueError, match="number of GPUs"):
+        devices.choose(None)
+
+
+def test_max_cluster_gpus():
+    types = {"head": {"resources": {"CPU": 0}}, "a": {"resources": {"GPU": 1}, "max_workers": 8},
+             "b": {"resources": {"GPU": 8}, "max_workers": 2}}
+    assert devices.max_cluster_gpus(types) == 24
+    assert devices.max_cluster_gpus(types, max_workers=3) == 17  # the 8-GPU nodes first
+    assert devices.max_cluster_gpus({"cpu": {"resources": {"CPU": 8}, "max_workers": 4}}) == 0
+
+
+def test_local_device(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.local_device(None) == ("cpu", "torch sees no CUDA device")
+    assert devices.local_device("cpu") == ("cpu", "--device cpu")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        devices.local_device("cuda")
