@@ -168,13 +168,15 @@ def _model_layers(cfg: str, res: int):
         yield spec.name, spec, fu, fd
 
 
-def flrelu_calls(cfg: str, res: int, batch: int, second_order: bool = False):
+def flrelu_calls(cfg: str, res: int, batch: int, second_order: bool = False, dtype=None):
     """Per layer: (name, dtype, fn) where fn() runs the layer's filtered_lrelu on meta tensors (forward with codes,
-    backward, and optionally the second-order launch) through the Triton host code."""
+    backward, and optionally the second-order launch) through the Triton host code. ``dtype``: None = the layer's
+    own (fp16 where the model uses it), or force one."""
     from ops._triton.filtered_lrelu import filtered_lrelu_triton
 
+    forced = dtype
     for name, spec, fu, fd in _model_layers(cfg, res):
-        dtype = torch.float16 if spec.use_fp16 else torch.float32
+        dtype = forced or (torch.float16 if spec.use_fp16 else torch.float32)
         size = spec.in_size + spec.kernel_size - 1
         gain, slope = (1.0, 1.0) if spec.is_torgb else (math.sqrt(2), 0.2)
 
@@ -195,8 +197,9 @@ def flrelu_calls(cfg: str, res: int, batch: int, second_order: bool = False):
         yield name, dtype, fn
 
 
-def other_calls(res: int, batch: int):
-    """The discriminator's and ADA's upfirdn2d calls and a bias_act, on meta tensors: (name, dtype, fn)."""
+def other_calls(res: int, batch: int, dtype=torch.float16, second_order: bool = False):
+    """The discriminator's and ADA's upfirdn2d calls and a bias_act, on meta tensors: (name, dtype, fn).
+    ``dtype``: D's dtype (fp16 in its high-resolution blocks, fp32 elsewhere); ADA runs in fp32."""
     from ops._triton.bias_act import bias_act_triton
     from ops._triton.upfirdn2d import upfirdn2d_triton
     from ops.upfirdn2d import setup_filter
@@ -215,7 +218,11 @@ def other_calls(res: int, batch: int):
             mark("fwd")
             y = upfirdn2d_triton(x, f, up, down, pad, flip, gain)
             mark("bwd")
-            torch.autograd.grad(y, x, torch.empty_like(y))
+            dy = torch.empty_like(y, requires_grad=second_order)
+            dx, = torch.autograd.grad(y, x, dy, create_graph=second_order)
+            if second_order:
+                mark("2nd")
+                torch.autograd.grad(dx, dy, torch.empty_like(dx))
         return fn
 
     def act(shape, dtype):
@@ -226,13 +233,15 @@ def other_calls(res: int, batch: int):
             mark("fwd")
             y = bias_act_triton(x, b, 1, "lrelu", 0.2, math.sqrt(2), 256.0)
             mark("bwd")
-            torch.autograd.grad(y, x, torch.empty_like(y))
+            dx, = torch.autograd.grad(y, x, torch.empty_like(y), create_graph=second_order)
+            if second_order:  # R1: D's gradient differentiated again (x and b)
+                mark("2nd")
+                torch.autograd.grad(dx, [x, b], torch.empty_like(dx))
         return fn
 
-    fp16 = torch.float16
-    yield f"D-blur {res}", fp16, run((batch, ch, res + 2, res + 2), fp16, blur, 1, 1, [2, 2, 2, 2], False, 1)
-    yield f"D-skip {res}", fp16, run((batch, ch, res, res), fp16, blur, 1, 2, [1, 1, 1, 1], False, 1)
-    yield f"D-act {res}", fp16, act((batch, ch, res, res), fp16)
+    yield f"D-blur {res}", dtype, run((batch, ch, res + 2, res + 2), dtype, blur, 1, 1, [2, 2, 2, 2], False, 1)
+    yield f"D-skip {res}", dtype, run((batch, ch, res, res), dtype, blur, 1, 2, [1, 1, 1, 1], False, 1)
+    yield f"D-act {res}", dtype, act((batch, ch, res, res), dtype)
     yield f"ADA-up {res}", torch.float32, run((batch, 3, res + 26, res + 26), torch.float32, sym6, 2, 1,
                                               [6, 5, 6, 5], False, 4)
     yield f"ADA-down {res}", torch.float32, run((batch, 3, 2 * res + 12, 2 * res + 12), torch.float32, sym6, 1, 2,

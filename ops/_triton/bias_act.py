@@ -139,7 +139,7 @@ def _act_deriv2(z, alpha, ACT: tl.constexpr):
     return r
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["channels", "inner", "alpha", "gain", "clamp"])
 def _bias_act_kernel(x_ptr, b_ptr, g_ptr, out_ptr, channels, inner, alpha, gain, clamp,
                      ACT: tl.constexpr, ORDER: tl.constexpr, HAS_B: tl.constexpr, HAS_CLAMP: tl.constexpr,
                      FP64: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):

@@ -65,7 +65,50 @@ _MODE_CODED = 2  # linear: multiply by the stored codes' derivative
 _FLOOR_BIAS = 1 << 16
 
 
+# Dot modes (all accumulate in float32, float64 for float64 inputs):
+_DOT_IEEE = 0  # CUDA-core FMA (float64 for gradcheck)
+_DOT_TF32X3 = 1  # tensor cores, 3xTF32 (each fp32 operand split into two tf32 parts): float32 / bfloat16 inputs
+_DOT_FP16 = 2  # tensor cores, fp16 data x (fp16 hi + 2^-11-scaled fp16 lo) filter: float16 inputs
+_LO_SCALE = 2048.0  # 2^11: the fp16 lo part of a filter tap, scaled into fp16's normal range
+
+
 @triton.jit
+def _data_filter(d, f, DOT: tl.constexpr):
+    """d @ f, f a banded filter matrix (float32/float64), d the signal."""
+    if DOT == 0:
+        r = tl.dot(d, f, input_precision="ieee")
+    elif DOT == 1:
+        r = tl.dot(d, f, input_precision="tf32x3")
+    else:
+        d16 = d.to(tl.float16)
+        fh = f.to(tl.float16)
+        fl = ((f - fh.to(tl.float32)) * 2048.0).to(tl.float16)
+        r = tl.dot(d16, fh) + tl.dot(d16, fl) * (1.0 / 2048.0)
+    return r
+
+
+@triton.jit
+def _filter_data(f, d, DOT: tl.constexpr):
+    """f @ d, f a banded filter matrix (float32/float64), d the signal."""
+    if DOT == 0:
+        r = tl.dot(f, d, input_precision="ieee")
+    elif DOT == 1:
+        r = tl.dot(f, d, input_precision="tf32x3")
+    else:
+        d16 = d.to(tl.float16)
+        fh = f.to(tl.float16)
+        fl = ((f - fh.to(tl.float32)) * 2048.0).to(tl.float16)
+        r = tl.dot(fh, d16) + tl.dot(fl, d16) * (1.0 / 2048.0)
+    return r
+
+
+# Sizes, offsets and scalars are not specialised (== 1, divisible by 16): one compiled variant per geometry, dtype
+# and mode, whatever the layer's size (the kernel's int64 index math gains nothing from the hints).
+_RUNTIME_INTS = ["C", "in_h", "in_w", "out_h", "out_w", "code_h", "code_w", "code_stride", "c1y", "c1x", "c2y", "c2x",
+                 "bo_y", "bo_x"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _flrelu_kernel(
     in_ptr, out_ptr, bias_ptr, codes_ptr,
     h1y_ptr, h1x_ptr, h2y_ptr, h2x_ptr,
@@ -79,6 +122,7 @@ def _flrelu_kernel(
     BOY: tl.constexpr, BOX: tl.constexpr, BTY: tl.constexpr, BTX: tl.constexpr,
     BMY: tl.constexpr, BMX: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
+    DOT: tl.constexpr, XF1: tl.constexpr, XF2: tl.constexpr,
 ):
     """One program = one output block [bo_y, bo_x] of one (n, c) plane.
 
@@ -142,8 +186,10 @@ def _flrelu_kernel(
     for r in range(R1):
         hy = tl.load(h1y_ptr + r * T1Y + iy1, mask=iy1_ok, other=0.0)
         hxt = tl.load(h1x_ptr + r * T1X + ix1, mask=ix1_ok, other=0.0)
-        xr = tl.dot(x, hxt, input_precision="ieee")  # [BMY, BTX]
-        v += tl.dot(hy, xr, input_precision="ieee")  # [BTY, BTX]
+        if XF1:  # x pass first: [BMY, BTX], then y
+            v += _filter_data(hy, _data_filter(x, hxt, DOT), DOT)
+        else:  # y pass first: [BTY, BMX], then x
+            v += _data_filter(_filter_data(hy, x, DOT), hxt, DOT)
 
     # ---- nonlinearity at the upsampled rate
     ty = t0y + ky
@@ -190,8 +236,10 @@ def _flrelu_kernel(
     for r in range(R2):
         gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
         gxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
-        ar = tl.dot(a, gxt, input_precision="ieee")  # [BTY, BOX]
-        acc += tl.dot(gy, ar, input_precision="ieee")  # [BOY, BOX]
+        if XF2:
+            acc += _filter_data(gy, _data_filter(a, gxt, DOT), DOT)
+        else:
+            acc += _data_filter(_filter_data(gy, a, DOT), gxt, DOT)
 
     py = o0y + oy
     px = o0x + ox
@@ -255,28 +303,49 @@ def _axis_blocks(bo: int, a1: int, t1: int, a2: int, t2: int):
     return _pow2(bo), _pow2(bt), _pow2(bm)
 
 
+def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX):
+    """Multiply-adds of one program's dots (padded shapes) and the cheaper pass order of each stage.
+
+    Stage 1 maps the [BMY, BMX] input to the [BTY, BTX] window, stage 2 the window to the [BOY, BOX] outputs; per
+    rank-1 term each stage is an x pass and a y pass, in either order. Returns (macs, x_first_1, x_first_2)."""
+    s1x = BMY * BMX * BTX + BTY * BMY * BTX
+    s1y = BTY * BMY * BMX + BTY * BMX * BTX
+    s2x = BTY * BTX * BOX + BOY * BTY * BOX
+    s2y = BOY * BTY * BTX + BOY * BTX * BOX
+    return r1 * min(s1x, s1y) + r2 * min(s2x, s2y), s1x <= s1y, s2x <= s2y
+
+
+# Largest upsampled-rate window per program on a GPU (elements): a [32, 64] fp32 window is 16 registers per thread
+# at 4 warps; larger windows took 8 warps and 138-248 registers (one block per SM) in the sm_90 compile.
+_MAX_WINDOW = 2048
+
+
 @functools.lru_cache(maxsize=512)
 def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret):
-    """Pick outputs per block (bo_y, bo_x), multiples of 4 (code-byte alignment), by a simple cost model:
-    dot-product work per plane plus, under the interpreter, a large per-program overhead."""
-    def cands(n):
-        top = min(-(-n // 4) * 4, 256)
-        return list(range(4, top + 1, 4))
+    """Pick outputs per block (bo_y, bo_x), minimising the dots' multiply-adds per plane (padded shapes, best
+    pass order) plus, under the interpreter, a large per-program overhead. bo_x·down is a multiple of 4 (a block's
+    codes start on a byte). On a GPU the window is capped at _MAX_WINDOW elements (registers)."""
+    def cands(n, step):
+        top = min(-(-n // step) * step, 256)
+        return list(range(step, top + 1, step))
 
     overhead = 2e6 if interpret else 2e3
     best = None
-    for by in cands(out_h):
+    step_x = 4 // math.gcd(4, ax[2])
+    for by in cands(out_h, 1):
         BOY, BTY, BMY = _axis_blocks(by, *ay)
-        if max(BTY, BMY, BOY) > max_dim and by > 4:
+        if max(BTY, BMY, BOY) > max_dim and by > 1:
             break
-        for bx in cands(out_w):
+        for bx in cands(out_w, step_x):
             BOX, BTX, BMX = _axis_blocks(bx, *ax)
-            if max(BTX, BMX, BOX) > max_dim and bx > 4:
+            if max(BTX, BMX, BOX) > max_dim and bx > step_x:
                 break
-            work = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
+            if not interpret and BTY * BTX > _MAX_WINDOW and (by > 1 or bx > step_x):
+                continue
+            work, xf1, xf2 = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX)
             cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + 16 * BTY * BTX + overhead)
             if best is None or cost < best[0]:
-                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX)
+                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2)
     return best[1:]
 
 
@@ -303,6 +372,9 @@ class _Plan:
         # Largest register block side: big blocks under the interpreter (per-op overhead dominates).
         self.max_dim = max_dim or (128 if _interpreting() else 64)
         self.cdtype = cdtype
+        # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters, float32 and
+        # bfloat16 as 3xTF32; float64 (gradcheck) on CUDA cores.
+        self.dot = {torch.float64: _DOT_IEEE, torch.float16: _DOT_FP16}.get(x.dtype, _DOT_TF32X3)
         uy, ux = _factor_filter(fu, flip_filter, x.device, cdtype)
         dy, dx = _factor_filter(fd, flip_filter, x.device, cdtype)
         # Stage gain up² of the upsampling FIR (spec §c.3 step 2), folded into the y factors of stage 1.
@@ -330,7 +402,8 @@ class _Plan:
         r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
-        by, bx, BOY, BOX, BTY, BTX, BMY, BMX = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim, _interpreting())
+        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2 = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
+                                                                         _interpreting())
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
         launch_kernel(_flrelu_kernel, grid,
@@ -345,8 +418,8 @@ class _Plan:
             A2Y=p["a2"][0], A2X=p["a2"][1], T2Y=p["t2"][0], T2X=p["t2"][1], R2=r2,
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
-            # 8 warps keep a 64x64 fp32 window in registers without spilling (ptxas -v, sm_90).
-            num_warps=8 if BTY * BTX >= 4096 else 4,
+            DOT=self.dot, XF1=xf1, XF2=xf2,
+            num_warps=4,
         )
         return out
 
@@ -429,10 +502,20 @@ def launch_cost(p: dict, programs: int) -> dict:
     esz_in = p["in_ptr"].element_size()
     esz_out = p["out_ptr"].element_size()
     f64 = p["h1y_ptr"].dtype == torch.float64
-    unit = "cuda_fp64" if f64 else "cuda_fp32"
+    dot = p.get("DOT", _DOT_IEEE)
+    # (unit, tensor-core passes per multiply-add): fp16 data x (hi + lo) filter = 2 dots; 3xTF32 = 3.
+    unit, passes = {_DOT_IEEE: ("cuda_fp64" if f64 else "cuda_fp32", 1), _DOT_TF32X3: ("tc_tf32", 3),
+                    _DOT_FP16: ("tc_fp16", 2)}[dot]
     r1, r2 = p["R1"], p["R2"]
     BOY, BOX, BTY, BTX, BMY, BMX = (p[k] for k in ("BOY", "BOX", "BTY", "BTX", "BMY", "BMX"))
-    per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
+    if "XF1" in p:
+        s1x = BMY * BMX * BTX + BTY * BMY * BTX
+        s1y = BTY * BMY * BMX + BTY * BMX * BTX
+        s2x = BTY * BTX * BOX + BOY * BTY * BOX
+        s2y = BOY * BTY * BTX + BOY * BTX * BOX
+        per_prog = passes * (r1 * (s1x if p["XF1"] else s1y) + r2 * (s2x if p["XF2"] else s2y))
+    else:
+        per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
     inp, out = p["in_ptr"], p["out_ptr"]
     code_bytes = 0
     if p["MODE"] != _MODE_ACT:

@@ -27,7 +27,7 @@ from . import INTERPRETED, launch
 BLOCK = 65536 if INTERPRETED else 512
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["in_h", "in_w", "out_h", "out_w", "px0", "py0", "tiles_y", "tiles_x"])
 def _upfirdn2d_kernel(x_ptr, g_ptr, out_ptr, in_h, in_w, out_h, out_w, px0, py0, tiles_y, tiles_x,
                       UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
                       PX: tl.constexpr, PY: tl.constexpr, FH: tl.constexpr, FW: tl.constexpr,

@@ -310,52 +310,6 @@ def check_gpu_full_size(name: str, dtype: str):
         assert err < rel, f"{name} {dtype} {what}: relative error {err:.2e}"
 
 
-def check_compiles_for_sm90():
-    """Compile the kernel ahead of time for an H100 (sm_90) without a GPU: Triton's GPU front end and ptxas
-    reject things the interpreter lets through (types of loop-carried values, dot shapes, constexpr-specialised
-    int arguments). Variants: the (4,2) forward of config R (radial down, rank > 1) writing codes, fp16, with
-    int arguments specialised to 1; its coded backward ((2,4), radial up) in bf16."""
-    import inspect
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from ops._triton.filtered_lrelu import _flrelu_kernel
-
-    names = list(inspect.signature(_flrelu_kernel.fn).parameters)
-
-    def compile_variant(mode, xdt, consts, ones=()):
-        sig = {}
-        for n in names:
-            if n in ("in_ptr", "out_ptr", "bias_ptr"):
-                sig[n] = "*" + xdt
-            elif n == "codes_ptr":
-                sig[n] = "*u8"
-            elif n.endswith("_ptr"):
-                sig[n] = "*fp32"
-            elif n in ("gain", "slope", "clamp"):
-                sig[n] = "fp32"
-            elif n in consts or n in ("HAS_BIAS", "HAS_CLAMP", "MODE", "FLOOR_BIAS"):
-                sig[n] = "constexpr"
-            else:
-                sig[n] = "i32"
-        values = dict(consts, HAS_BIAS=True, HAS_CLAMP=True, MODE=mode, FLOOR_BIAS=1 << 16)
-        for n in ones:
-            sig[n] = "constexpr"
-            values[n] = 1
-        src = ASTSource(fn=_flrelu_kernel, signature=sig,
-                        constexprs={(names.index(n),): v for n, v in values.items()})
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-        assert compiled.asm["cubin"], "no cubin"
-
-    blocks = dict(BOY=32, BOX=32, BTY=64, BTX=64, BMY=32, BMX=32)
-    fwd_r = dict(A1Y=4, A1X=4, T1Y=24, T1X=24, R1=1, A2Y=2, A2X=2, T2Y=12, T2X=12, R2=3, **blocks)
-    bwd_r = dict(A1Y=2, A1X=2, T1Y=12, T1X=12, R1=3, A2Y=4, A2X=4, T2Y=24, T2X=24, R2=1, **blocks)
-    compile_variant(1, "fp16", fwd_r, ones=("C", "in_h", "c1y", "code_w"))
-    compile_variant(2, "bf16", bwd_r)
-
-
 def serve() -> None:
     """Worker loop for the test module: one check call per stdin line, one JSON result per stdout line.
 

@@ -105,16 +105,6 @@ def test_argument_errors(worker):
     worker.run("check_errors()")
 
 
-@pytest.mark.timeout(600)
-def test_kernel_compiles_for_h100_without_a_gpu():
-    """The interpreter is not the GPU compiler: compile the kernel for sm_90 ahead of time (no driver needed)."""
-    w = _Worker(interpret=False)
-    try:
-        w.run("check_compiles_for_sm90()")
-    finally:
-        w.close()
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

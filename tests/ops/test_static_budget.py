@@ -1,0 +1,34 @@
+"""Issue 17's static check: every Triton kernel variant StyleGAN3-T/-R launch, compiled for an H100 (sm_90)
+without a GPU, within the register / occupancy / instruction budget (tests/ops/static_budget.py).
+
+The compile runs in a subprocess without TRITON_INTERPRET (this suite's conftest sets it, and Triton reads it at
+import); one Triton cache directory serves the whole test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(600)
+def test_every_variant_compiles_for_sm90_within_budget(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(ROOT), TRITON_CACHE_DIR=str(tmp_path / "triton-cache"),
+               TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-m", "tests.ops.static_budget"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=590)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    kernels = report["kernels"]
+    assert {k["kernel"] for k in kernels} == {"_flrelu_kernel", "_upfirdn2d_kernel", "_bias_act_kernel"}
+    bad = [f"{k['kernel']} ({k['first_use']}; {k['variant']}): {'; '.join(k['violations'])}"
+           for k in kernels if k["violations"]]
+    print(f"triton {report['triton']}: {report['variants']} variants from {report['launches']} launches "
+          f"in {report['seconds']} s")
+    assert not bad, f"{len(bad)} of {len(kernels)} variants outside the budget:\n" + "\n".join(bad)
