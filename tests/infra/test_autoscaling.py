@@ -89,13 +89,19 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _fake_cluster_config(gcs_port: int) -> dict:
-    """A cluster launcher file for the fake provider: a 1-CPU head (no GPU) and a fake 1-GPU node type."""
+FAKE_GPU_TYPES = {"fake-gpu": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                                 "max_workers": 2}}
+
+
+def fake_cluster_config(gcs_port: int, head_resources: dict, worker_types: dict, max_workers: int = 2,
+                        idle_timeout_s: float = IDLE_TIMEOUT_S) -> dict:
+    """A cluster launcher file for the fake provider: a head with `head_resources` and `worker_types` (name ->
+    {"resources", "node_config", "min_workers", "max_workers"}), at most `max_workers` worker nodes."""
     return {
         "cluster_name": "fake-autoscale",
-        "max_workers": 2,
+        "max_workers": max_workers,
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": IDLE_TIMEOUT_S / 60,
+        "idle_timeout_minutes": idle_timeout_s / 60,
         "provider": {
             "type": "fake_multinode",
             # Workers join this GCS (the provider's default is <node ip>:6379, which we do not use).
@@ -111,8 +117,8 @@ def _fake_cluster_config(gcs_port: int) -> dict:
         # The fake provider tags its head as "ray.head.default": the type must carry that name.
         "head_node_type": "ray.head.default",
         "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "fake-gpu": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+            "ray.head.default": {"resources": dict(head_resources), "node_config": {}, "max_workers": 0},
+            **worker_types,
         },
         "file_mounts": {},
         "cluster_synced_files": [],
@@ -128,39 +134,51 @@ def _fake_cluster_config(gcs_port: int) -> dict:
     }
 
 
-def _start_fake_autoscaling_head(workdir: Path) -> services.Server:
+def start_fake_autoscaling_head(workdir: Path, head_resources: dict | None = None, worker_types: dict | None = None,
+                                max_workers: int = 2, extra_flags: list[str] | None = None,
+                                extra_env: dict[str, str] | None = None) -> services.Server:
+    """`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=…` with a dashboard (job submission, state API),
+    every port from a services.PortBlock (retried on a fresh block when it does not come up). head_resources:
+    {"CPU": n, "GPU": n} (default 1 CPU, no GPU); extra_flags / extra_env: what the head's start command adds
+    (e.g. --labels, --resources and environment assignments). `.info`: address, dashboard_url, temp_dir, env."""
+    head_resources = {"CPU": 1, "GPU": 0, **(head_resources or {})}
+    return services.start_with_retry(lambda block: _start_fake_head(
+        workdir, block, head_resources, worker_types or FAKE_GPU_TYPES, max_workers, extra_flags or [],
+        extra_env or {}))
+
+
+def _start_fake_head(workdir: Path, block: services.PortBlock, head_resources: dict, worker_types: dict,
+                     max_workers: int, extra_flags: list[str], extra_env: dict[str, str]) -> services.Server:
     workdir.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(prefix="ras-", dir="/tmp"))  # short: unix socket paths <= 107 bytes
-    p = services.free_ports(9)
     config = workdir / "fake_cluster.yaml"
-    config.write_text(yaml.safe_dump(_fake_cluster_config(p[0])))
-    env = {**os.environ, **services.ray_env(temp_dir), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    config.write_text(yaml.safe_dump(fake_cluster_config(block[0], head_resources, worker_types, max_workers)))
+    env = {**os.environ, **services.ray_env(temp_dir), **extra_env, "RAY_FAKE_CLUSTER": "1",
+           "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [
         services.venv_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
-        f"--port={p[0]}", f"--dashboard-port={p[1]}", "--dashboard-host=127.0.0.1",
-        f"--node-manager-port={p[2]}", f"--object-manager-port={p[3]}", f"--ray-client-server-port={p[4]}",
-        f"--dashboard-agent-listen-port={p[5]}", f"--dashboard-agent-grpc-port={p[6]}",
-        f"--runtime-env-agent-port={p[7]}", f"--metrics-export-port={p[8]}",
-        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        f"--autoscaling-config={config}", f"--num-cpus={head_resources['CPU']:g}",
+        f"--num-gpus={head_resources['GPU']:g}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+        *services.ray_port_flags(block), *extra_flags, f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     server = services._spawn("ray-fake-autoscaler", cmd, workdir, env)
-    server.info.update(address=f"127.0.0.1:{p[0]}", temp_dir=temp_dir, env=env)
+    dashboard = f"http://127.0.0.1:{block[1]}"
+    server.info.update(address=f"127.0.0.1:{block[0]}", dashboard_url=dashboard, temp_dir=temp_dir, env=env)
 
     def ready():
-        with urllib.request.urlopen(f"http://127.0.0.1:{p[1]}/api/version", timeout=2) as r:
+        with urllib.request.urlopen(f"{dashboard}/api/version", timeout=2) as r:
             return r.status == 200
 
     try:
         services.wait_until(ready, 120, "fake autoscaling ray head", server.log, server.proc)
     except Exception:
-        _stop_fake_autoscaling_head(server)
+        stop_fake_autoscaling_head(server)
         raise
     return server
 
 
-def _stop_fake_autoscaling_head(server: services.Server) -> list[int]:
+def stop_fake_autoscaling_head(server: services.Server) -> list[int]:
     """Stop the head and every fake node by PID; return all PIDs stopped.
 
     The autoscaler (in the head's session) may start a node while we stop it, so repeat until the
@@ -174,12 +192,13 @@ def _stop_fake_autoscaling_head(server: services.Server) -> list[int]:
         stopped += tree
         services.stop_tree(tree, grace=8)
     server.proc.wait(timeout=10)
+    server.release_ports()
     shutil.rmtree(server.info["temp_dir"], ignore_errors=True)
     return stopped
 
 
 def test_fake_gpu_nodes_scale_up_for_training_and_down_when_idle(tmp_path):
-    head = _start_fake_autoscaling_head(tmp_path / "head")
+    head = start_fake_autoscaling_head(tmp_path / "head")
     try:
         script = tmp_path / "driver.py"
         script.write_text(DRIVER)
@@ -193,7 +212,7 @@ def test_fake_gpu_nodes_scale_up_for_training_and_down_when_idle(tmp_path):
             f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
         )
     finally:
-        tree = _stop_fake_autoscaling_head(head)
+        tree = stop_fake_autoscaling_head(head)
 
     print("autoscaling events:", json.dumps(events))
     start, trained, idle = events["start"], events["trained"], events["idle"]
