@@ -56,9 +56,15 @@ class DeviceChoice:
         text = f"device: CPU (gloo): {self.reason}"
         if self.wasted_gpus:
             have = f"has {self.gpus_now:g} GPU(s)" if self.gpus_now >= 1 else f"can launch {self.launchable} GPU(s)"
-            text += (f"\n{'!' * 100}\nWARNING: this run trains on CPUs although the cluster {have}; "
-                     f"it will be 100x slower. Drop --use-gpu 0 to train on the GPUs.\n{'!' * 100}")
+            text += "\n" + cpu_run_warning(have)
         return text
+
+
+def cpu_run_warning(have: str) -> str:
+    """The framed warning of a CPU run on a cluster that `have`s GPUs ("has 2 GPU(s)", "can launch 8 GPU(s))."""
+    return (f"{'!' * 100}\nWARNING: this run trains on CPUs although the cluster {have}; it is ~100x slower "
+            f"than on the GPUs. Stop it and run the same command with --use-gpu 1 (or without --use-gpu 0).\n"
+            f"{'!' * 100}")
 
 
 def max_cluster_gpus(node_types: dict[str, dict], max_workers: int | None = None) -> int:

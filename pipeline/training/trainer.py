@@ -146,7 +146,8 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
         # `is` tests: an empty queue is falsy (it has a length).
-        callbacks=([] if progress is False else [ProgressPrinter(cfg.schedule.kimg, None if progress is True else progress)])
+        callbacks=([] if progress is False else
+                   [ProgressPrinter(cfg.schedule.kimg, None if progress is True else progress, use_gpu=use_gpu)])
         + list(callbacks or []),
         # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
         # cpu_process_env: allocator settings for the CPU path's large tensors (ops/__init__.py), in place before
@@ -229,10 +230,18 @@ class ProgressPrinter(UserCallback):
     """One line per tick, printed (runs in the Ray Train controller) or put into `sink`, a ray.util.queue.Queue
     that the driver reads (`fit`)."""
 
-    def __init__(self, total_kimg: float, sink=None):
+    def __init__(self, total_kimg: float, sink=None, use_gpu: bool = True):
         self.total_kimg = total_kimg
         self.start = time.time()
         self.sink = sink
+        self.use_gpu = use_gpu
+        self.checked_gpus = use_gpu  # a CPU run looks once, at its first tick, for GPUs that joined the cluster
+
+    def _emit(self, line: str) -> None:
+        if self.sink is not None:
+            self.sink.put(line)
+        else:
+            print(line, flush=True)
 
     def after_report(self, run_context, metrics, checkpoint):
         if not metrics or "kimg" not in metrics[0]:
@@ -240,7 +249,15 @@ class ProgressPrinter(UserCallback):
         line = progress_line(metrics[0])
         if checkpoint is not None:
             line += f"  [checkpoint {checkpoint.path}]"
-        if self.sink is not None:
-            self.sink.put(line)
-        else:
-            print(line, flush=True)
+        self._emit(line)
+        if not self.checked_gpus:
+            # A CPU run on a cluster that declared no GPUs may still have made its autoscaler launch GPU nodes (the
+            # only nodes with CPUs): say so, once, where the user reads the ticks.
+            self.checked_gpus = True
+            import ray
+
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus >= 1:
+                from pipeline.training.devices import cpu_run_warning
+
+                self._emit(cpu_run_warning(f"has {gpus:g} GPU(s) now"))

@@ -91,3 +91,25 @@ def test_local_device(monkeypatch):
     assert devices.local_device("cpu") == ("cpu", "--device cpu")
     with pytest.raises(ValueError, match="no CUDA device"):
         devices.local_device("cuda")
+
+
+def test_cpu_run_warns_once_when_gpu_nodes_joined(cluster):
+    """The progress printer of a CPU run looks for GPUs at its first tick (the autoscaler may have launched GPU
+    nodes for the run's CPU workers on a cluster that declared nothing)."""
+    from pipeline.training.trainer import ProgressPrinter
+
+    class Sink(list):
+        put = list.append
+
+    m = {"tick": 1, "kimg": 0.1, "total_kimg": 1.0, "sec_per_kimg": 10.0, "loss/G_loss": 1.0, "loss/D_loss": 1.0,
+         "loss/r1_penalty": 0.1, "ada_p": 0.0, "img_per_s": 10.0, "peak_mem_gb": 1.0}
+    cluster.gpus = 2
+    sink = Sink()
+    printer = ProgressPrinter(1.0, sink, use_gpu=False)
+    printer.after_report(None, [m], None)
+    printer.after_report(None, [m], None)
+    assert [line.startswith("tick") for line in sink] == [True, False, True]
+    assert "WARNING: this run trains on CPUs although the cluster has 2 GPU(s) now" in sink[1]
+    quiet = Sink()
+    ProgressPrinter(1.0, quiet, use_gpu=True).after_report(None, [m], None)
+    assert len(quiet) == 1
