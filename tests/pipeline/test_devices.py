@@ -113,3 +113,22 @@ def test_cpu_run_warns_once_when_gpu_nodes_joined(cluster):
     quiet = Sink()
     ProgressPrinter(1.0, quiet, use_gpu=True).after_report(None, [m], None)
     assert len(quiet) == 1
+
+
+def test_tune_trials_ask_for_gpus_the_autoscaler_can_launch(cluster, capsys):
+    """pipeline.tune decides once, by the same rule, and fixes it in the sweep's base config (every trial's
+    workers then ask for {GPU: 1}); the launchable GPUs count towards the trials that run at once."""
+    from types import SimpleNamespace
+
+    from pipeline import tune
+    from pipeline.training.config import TrainConfig
+
+    cluster.labels = {devices.LABEL: "8"}
+    sweep = SimpleNamespace(base=TrainConfig().replace(run={"workers": 2}), max_concurrent=0)
+    assert tune.check_cluster(sweep) == 4
+    assert sweep.base.run.use_gpu is True
+    assert capsys.readouterr().out.startswith("device: GPU (1 GPU per worker, NCCL)")
+    cluster.labels = {}
+    sweep = SimpleNamespace(base=TrainConfig().replace(run={"workers": 1}), max_concurrent=0)
+    tune.check_cluster(sweep)
+    assert sweep.base.run.use_gpu is False
