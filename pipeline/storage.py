@@ -5,12 +5,20 @@ S3 endpoint and credentials come from the standard AWS variables (`AWS_ENDPOINT_
 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`/`AWS_REGION`).
 boto3 reads `AWS_ENDPOINT_URL` by itself; pyarrow does not, so `pyarrow_fs` passes it as
 `endpoint_override` (PLATFORM.md, "Ray Data + webdataset").
+
+Storage blips (a restarted S3 server, a network hiccup) do not fail a run: every boto3 call here retries
+connection errors and 5xx answers with backoff for OUTAGE_LIMIT_S seconds, then raises StorageError saying
+so; the pyarrow filesystem (Ray Data's shard reads, Ray Train's checkpoint uploads) retries each request
+PYARROW_RETRY_ATTEMPTS times, in every process it is shipped to (`RetryingS3FileSystem`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,8 +36,62 @@ AWS_VARIABLES = (
 )
 
 
+# How long S3 may stay unreachable before a boto3 call gives up, in seconds.
+OUTAGE_LIMIT_S = 120.0
+# Attempts of pyarrow's AWS "standard" retry strategy per S3 request: 12 waited 133 s against an unreachable
+# endpoint here (8: 48-65 s, 3: 2 s); Ray Data retries a failed shard read again on top (10 times, <= 32 s apart).
+PYARROW_RETRY_ATTEMPTS = 12
+
+log = logging.getLogger("stylegan3.storage")
+
+
 class StorageError(RuntimeError):
     """A URI that cannot be read or written, with the reason and what to do."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """True for errors that a later attempt can cure: no connection, a dropped or timed-out connection, a 5xx
+    answer or throttling. False for everything else (missing keys, bad credentials, client errors)."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+            return True
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or err.get("Code") in ("SlowDown", "ServiceUnavailable", "InternalError",
+                                                         "RequestTimeout", "Throttling")
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retrying(what: str, fn, limit_s: float | None = None):
+    """`fn()`, retried with exponential backoff (0.5 s doubling to 10 s) while it fails with a transient S3
+    error (`_transient`), for at most `limit_s` (default OUTAGE_LIMIT_S) seconds; then StorageError."""
+    limit_s = OUTAGE_LIMIT_S if limit_s is None else limit_s
+    start = time.monotonic()
+    delay, attempt = 0.5, 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            waited = time.monotonic() - start
+            if waited + delay > limit_s:
+                raise StorageError(
+                    f"S3 at {endpoint_url() or 'AWS'} was unreachable for {waited:.0f} s while {what} (the limit is "
+                    f"{limit_s:g} s): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
+            attempt += 1
+            if attempt == 1:
+                log.warning("S3 unreachable while %s (%s); retrying for up to %g s", what, type(exc).__name__,
+                            limit_s)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @dataclass(frozen=True)
@@ -111,12 +173,40 @@ def boto3_client():
         "s3",
         endpoint_url=endpoint_url(),
         region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        # A few quick retries here; `retrying` rides out longer outages.
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                      connect_timeout=10, read_timeout=60),
     )
 
 
-def pyarrow_fs(uri: str | os.PathLike):
-    """Return `(filesystem, path)` for pyarrow (and Ray Data's `filesystem=`) for this URI."""
+def _make_retrying_s3(kwargs: dict, attempts: int):
+    return _retrying_s3_class()(attempts, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _retrying_s3_class():
+    """The class of `pyarrow_fs`'s S3 filesystems (made on first use: pyarrow is imported only when needed)."""
+    import pyarrow.fs as pafs
+
+    class RetryingS3FileSystem(pafs.S3FileSystem):
+        """pyarrow's S3FileSystem with `attempts` of the AWS standard retry strategy per request. pyarrow drops
+        the retry strategy when it pickles a filesystem (Ray ships it to every read task and Train worker), so
+        this class pickles as its constructor arguments."""
+
+        def __init__(self, attempts: int, **kwargs):
+            super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **kwargs)
+            self._sg3_args = (dict(kwargs), attempts)
+
+        def __reduce__(self):
+            return _make_retrying_s3, self._sg3_args
+
+    return RetryingS3FileSystem
+
+
+def pyarrow_fs(uri: str | os.PathLike, retry_attempts: int = PYARROW_RETRY_ATTEMPTS):
+    """Return `(filesystem, path)` for pyarrow (and Ray Data's `filesystem=`, Ray Train's `storage_filesystem`)
+    for this URI. On S3 every request is retried `retry_attempts` times (see PYARROW_RETRY_ATTEMPTS), also in
+    the processes the filesystem is pickled to."""
     import pyarrow.fs as pafs
 
     loc = parse(uri)
@@ -134,7 +224,7 @@ def pyarrow_fs(uri: str | os.PathLike):
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
         kwargs["force_virtual_addressing"] = False
-    fs = pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+    fs = _retrying_s3_class()(retry_attempts, **{k: v for k, v in kwargs.items() if v is not None})
     return fs, f"{loc.bucket}/{loc.key}".rstrip("/")
 
 
@@ -144,20 +234,24 @@ def exists(uri: str | os.PathLike) -> bool:
         return Path(loc.path).exists()
     from botocore.exceptions import ClientError
 
-    try:
-        boto3_client().head_object(Bucket=loc.bucket, Key=loc.key)
-        return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
+    def head() -> bool:
+        try:
+            boto3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    return retrying(f"looking for {loc.uri()}", head)
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
     loc = parse(uri)
     if not loc.is_s3:
         return Path(loc.path).read_bytes()
-    return boto3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+    return retrying(f"reading {loc.uri()}",
+                    lambda: boto3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
@@ -165,7 +259,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     half a file."""
     loc = parse(uri)
     if loc.is_s3:
-        boto3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        retrying(f"writing {loc.uri()}", lambda: boto3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data))
         return
     path = Path(loc.path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,10 +274,10 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
     if loc.is_s3:
         from boto3.s3.transfer import TransferConfig
 
-        boto3_client().upload_file(
+        retrying(f"uploading {loc.uri()}", lambda: boto3_client().upload_file(
             os.fspath(local_path), loc.bucket, loc.key,
             Config=TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20),
-        )
+        ))
         return
     dest = Path(loc.path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +290,8 @@ def download_file(uri: str | os.PathLike, local_path: str | os.PathLike) -> None
     loc = parse(uri)
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
     if loc.is_s3:
-        boto3_client().download_file(loc.bucket, loc.key, os.fspath(local_path))
+        retrying(f"downloading {loc.uri()}",
+                 lambda: boto3_client().download_file(loc.bucket, loc.key, os.fspath(local_path)))
     else:
         shutil.copyfile(loc.path, local_path)
 
@@ -206,11 +301,14 @@ def list_uris(prefix: str | os.PathLike, suffix: str | None = None) -> list[str]
     loc = parse(prefix)
     out: list[str] = []
     if loc.is_s3:
-        paginator = boto3_client().get_paginator("list_objects_v2")
         key_prefix = f"{loc.key}/" if loc.key else ""
-        for page in paginator.paginate(Bucket=loc.bucket, Prefix=key_prefix):
-            for obj in page.get("Contents", []):
-                out.append(f"s3://{loc.bucket}/{obj['Key']}")
+
+        def listing() -> list[str]:
+            paginator = boto3_client().get_paginator("list_objects_v2")
+            return [f"s3://{loc.bucket}/{obj['Key']}" for page in paginator.paginate(Bucket=loc.bucket, Prefix=key_prefix)
+                    for obj in page.get("Contents", [])]
+
+        out = retrying(f"listing {loc.uri()}", listing)
     else:
         root = Path(loc.path)
         if root.is_dir():
@@ -224,7 +322,7 @@ def delete(uri: str | os.PathLike) -> None:
     """Delete one object/file; a missing one is not an error."""
     loc = parse(uri)
     if loc.is_s3:
-        boto3_client().delete_object(Bucket=loc.bucket, Key=loc.key)
+        retrying(f"deleting {loc.uri()}", lambda: boto3_client().delete_object(Bucket=loc.bucket, Key=loc.key))
     else:
         Path(loc.path).unlink(missing_ok=True)
 
@@ -236,8 +334,13 @@ def ensure_bucket(uri: str | os.PathLike) -> None:
         return
     from botocore.exceptions import ClientError
 
-    client = boto3_client()
-    try:
-        client.head_bucket(Bucket=loc.bucket)
-    except ClientError:
-        client.create_bucket(Bucket=loc.bucket)
+    def ensure() -> None:
+        client = boto3_client()
+        try:
+            client.head_bucket(Bucket=loc.bucket)
+        except ClientError as exc:
+            if _transient(exc):
+                raise
+            client.create_bucket(Bucket=loc.bucket)
+
+    retrying(f"creating the bucket of {loc.uri()}", ensure)

@@ -5,8 +5,8 @@
 - Params: the whole resolved TrainConfig, flattened (`model.cbase`, `loss.gamma`, …), never credentials.
 - Metrics every tick, with `step` = images shown to D (cur_nimg; kimg = step / 1000, also logged as `kimg`,
   since sub-kimg ticks of small runs would otherwise collapse onto one step).
-- At every snapshot: the fakes grid and config as artifacts, and the EMA generator registered as a new
-  version of NAME (pyfunc wrapper of our network file, see pipeline.pyfunc); the `champion` alias follows
+- At every snapshot: the fakes grid, the config and the list of corrupt samples found so far as artifacts,
+  and the EMA generator registered as a new version of NAME (pyfunc wrapper of our network file, see pipeline.pyfunc); the `champion` alias follows
   the best quality metric (lower is better). `latest` is MLflow's own `models:/NAME/latest`, and our tools
   also accept `models:/NAME@latest` for it (MLflow reserves `latest` as an alias name).
 - Tracking never kills training: every call goes through a background queue that retries with backoff
@@ -238,7 +238,7 @@ class MlflowCallbacks(TrainCallbacks):
         snap.mkdir(parents=True, exist_ok=True)
         from pipeline.training import checkpoint
 
-        for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE):
+        for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE, checkpoint.CORRUPT_FILE):
             if (Path(directory) / name).exists():
                 shutil.copy2(Path(directory) / name, snap / name)
         (snap / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
@@ -315,6 +315,8 @@ class MlflowCallbacks(TrainCallbacks):
         if (snap / checkpoint.GRID_FILE).exists():
             self.client.log_artifact(self.run_id, str(snap / checkpoint.GRID_FILE), f"grids/{kimg:09.3f}kimg")
         self.client.log_artifact(self.run_id, str(snap / "config.json"))
+        if (snap / checkpoint.CORRUPT_FILE).exists():  # the run's distinct corrupt samples so far (replaced)
+            self.client.log_artifact(self.run_id, str(snap / checkpoint.CORRUPT_FILE))
 
     def _register(self, snap: Path, kimg: float, metrics: dict[str, Any], extra: dict) -> None:
         version = register_generator(self.client, self.run_id, snap / "network.safetensors", self.model_name,

@@ -113,6 +113,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.run.seed, help="random seed (%(default)s)")
     g.add_argument("--max-failures", type=int, default=d.run.max_failures,
                    help="restart failed workers from the last checkpoint this many times (%(default)s)")
+    g.add_argument("--max-corrupt", type=float, default=d.run.max_corrupt,
+                   help="distinct corrupt samples tolerated before the run stops: 0 = none, below 1 = that "
+                        "fraction of the images but at least one, 1 or more = a count (%(default)s)")
     g = p.add_argument_group("tracking")
     g.add_argument("--metrics", default="", help="comma-separated metrics computed at each snapshot, e.g. eqt,swd")
     g.add_argument("--experiment", help="MLflow experiment (default: the data set's name)")
@@ -134,6 +137,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         data=DataConfig(uri=a.data, mirror=a.mirror, cond=a.cond),
         run=RunConfig(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
                       run_name=a.run_name, resume=a.resume, seed=a.seed, max_failures=a.max_failures,
+                      max_corrupt=a.max_corrupt,
                       metrics=tuple(m for m in a.metrics.split(",") if m), experiment=a.experiment,
                       model_name=a.model_name,
                       callbacks="pipeline.tracking:make_callbacks" if a.tracking else None),

@@ -3,6 +3,7 @@
 Fixtures:
 - `s3_server`   a SeaweedFS S3 gateway on 127.0.0.1; AWS_* variables point every client at it.
 - `s3_bucket`   a fresh, empty bucket per test: returns "s3://<name>".
+- `s3_restart`  `.stop()` / `.start()` the S3 server on the same ports, data kept (storage-outage tests).
 - `mlflow_server` an `mlflow server` (sqlite backend, artifacts in SeaweedFS); `.info["url"]`; `restart`able.
 - `ray_local`   `ray.init(num_cpus=2)` in this process, with this machine's settings; one per test module.
 - `ray_head`    `ray start --head` with a dashboard, for `ray job submit` tests; `.info["dashboard_url"]`; one
@@ -62,11 +63,39 @@ def session_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    server = services.start_seaweedfs(_SESSION_DIR / "seaweedfs", ports=_S3_PORTS)
+    handle = _S3Restartable(services.start_seaweedfs(_SESSION_DIR / "seaweedfs", ports=_S3_PORTS))
+    _S3_HANDLE.append(handle)
     try:
-        yield server.info["s3"]
+        yield handle.server.info["s3"]
     finally:
-        server.stop(grace=5)
+        handle.server.stop(grace=5)
+
+
+_S3_HANDLE: list = []
+
+
+class _S3Restartable:
+    """The session's SeaweedFS, stoppable and restartable on the same ports; its data survives (outage tests)."""
+
+    def __init__(self, server: services.Server):
+        self.server, self.down = server, False
+
+    def stop(self) -> None:
+        self.server.stop(grace=0)  # killed, as a crash would: seconds instead of SIGTERM's ~15 s
+        self.down = True
+
+    def start(self) -> None:
+        self.server = services.start_seaweedfs(self.server.workdir, ports=_S3_PORTS)
+        self.down = False
+
+
+@pytest.fixture
+def s3_restart(s3_server):
+    """`.stop()` / `.start()` of the session's S3 server; a test that leaves it stopped gets it started again."""
+    handle = _S3_HANDLE[0]
+    yield handle
+    if handle.down:
+        handle.start()
 
 
 @pytest.fixture

@@ -349,7 +349,10 @@ def _start_seaweedfs(workdir: Path, block: PortBlock) -> Server:
 
     def ready():
         # A bucket round trip proves master, volume, filer and gateway are all up.
-        client.create_bucket(Bucket="readiness-probe")
+        try:
+            client.create_bucket(Bucket="readiness-probe")
+        except client.exceptions.BucketAlreadyOwnedByYou:  # a restart: the data, bucket included, survives
+            pass
         client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
         return client.get_object(Bucket="readiness-probe", Key="probe")["Body"].read() == b"ok"
 

@@ -30,7 +30,8 @@ from pipeline.data.manifest import DatasetInfo, check_info, dataset_info
 # Ray Data CPU reservation per read+decode task: four fit on one core, so Ray Train workers (which hold
 # whole or half CPUs) never starve the input pipeline on a small node (PLATFORM.md, "CPU starvation").
 DATA_NUM_CPUS = 0.25
-DEFAULT_CORRUPT_BUDGET = 100
+# Distinct corrupt samples tolerated by default (`corrupt_budget`): 1% of the set, at least one sample.
+DEFAULT_MAX_CORRUPT = 0.01
 # An execution reads at least this many shards (more passes per execution for sets with fewer shards) ...
 MIN_SHARDS_PER_EXECUTION = 256
 # ... and covers at most this many passes.
@@ -53,52 +54,124 @@ def default_concurrency() -> int:
     return max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
+def corrupt_budget(max_corrupt: float, num_images: int) -> int:
+    """Distinct corrupt samples a run tolerates (`--max-corrupt`): 0 = none; a value in (0, 1) is a fraction of
+    the set's `num_images`, never less than one sample (one bad image never stops a run); 1 or more is a
+    count."""
+    if max_corrupt < 0:
+        raise ValueError(f"max_corrupt must be >= 0, got {max_corrupt}")
+    if max_corrupt == 0:
+        return 0
+    if max_corrupt < 1:
+        return max(1, int(max_corrupt * num_images))
+    return int(max_corrupt)
+
+
 @functools.lru_cache(maxsize=None)
 def _counter_class():
     import ray
 
     @ray.remote(num_cpus=0)
-    class CorruptSampleCounter:
-        """Counts corrupt samples across all decode tasks of one stream (an actor: tasks run anywhere)."""
+    class CorruptSamples:
+        """The distinct corrupt samples of one run, (shard, key) -> reason, shared by every decode task (an
+        actor: tasks run anywhere). A sample is counted once however many passes read it; decode tasks ask for
+        the known ones first and skip them undecoded. Once more than `budget` are known it stays tripped: every
+        later decode task raises the same DataError (a restarted worker cannot read on past it)."""
 
-        def __init__(self, budget: int):
-            self.budget = budget
-            self.total = 0
-            self.by_shard: dict[str, int] = {}
+        def __init__(self, budget: int, what: str):
+            self.budget, self.what = budget, what
+            self.samples: dict[tuple[str, str], str] = {}  # insertion order = order found
+            self.error: str | None = None
 
-        def add(self, shard: str, n: int) -> int:
-            self.total += n
-            self.by_shard[shard] = self.by_shard.get(shard, 0) + n
-            return self.total
+        def configure(self, budget: int, what: str, samples: list) -> int:
+            """Set the budget and add samples known from a checkpoint (resume); returns the count."""
+            self.budget, self.what = int(budget), what
+            for s in samples:
+                self.samples.setdefault((str(s["shard"]), str(s["key"])), str(s.get("reason", "")))
+            self._check(None)
+            return len(self.samples)
+
+        def known(self, shards: list) -> tuple:
+            """(keys known to be corrupt in each of `shards`, the budget error or None)."""
+            wanted = set(shards)
+            out: dict[str, list[str]] = {sh: [] for sh in shards}
+            for sh, key in self.samples:
+                if sh in wanted:
+                    out[sh].append(key)
+            return out, self.error
+
+        def add(self, found: list) -> str | None:
+            """Record [(shard, key, reason)]; returns the budget error (a message) or None."""
+            latest = None
+            for shard, key, reason in found:
+                if (shard, key) not in self.samples:
+                    self.samples[(shard, key)] = reason
+                    latest = (shard, key, reason)
+            self._check(latest)
+            return self.error
+
+        def _check(self, latest) -> None:
+            if self.error is not None or len(self.samples) <= self.budget:
+                return
+            by_shard: dict[str, int] = {}
+            for sh, _ in self.samples:
+                by_shard[sh] = by_shard.get(sh, 0) + 1
+            worst = sorted(by_shard.items(), key=lambda kv: (-kv[1], kv[0]))
+            shards = ", ".join(f"{sh} ({n})" for sh, n in worst[:5]) + (
+                f" and {len(worst) - 5} more" if len(worst) > 5 else "")
+            last = f"; the latest is {latest[1]} in {latest[0]} ({latest[2]})" if latest else ""
+            self.error = (f"{len(self.samples)} distinct corrupt samples, more than the budget of {self.budget} "
+                          f"({self.what}); in shards {shards}{last}: rebuild the shard set "
+                          f"(python -m pipeline.dataset) or raise --max-corrupt")
 
         def count(self) -> int:
-            return self.total
+            return len(self.samples)
 
-        def shards(self) -> dict:
-            return dict(self.by_shard)
+        def report(self) -> list:
+            """[{"shard", "key", "reason"}] in the order found."""
+            return [{"shard": sh, "key": key, "reason": r} for (sh, key), r in self.samples.items()]
 
-    return CorruptSampleCounter
+    return CorruptSamples
 
 
-def corrupt_counter(budget: int = DEFAULT_CORRUPT_BUDGET):
-    """A new counter actor for `make_dataset(counter=...)`; `ray.get(counter.count.remote())` reads it.
-    When more than `budget` corrupt samples have been seen, decoding raises a DataError naming the shard."""
-    return _counter_class().remote(int(budget))
+def budget_text(max_corrupt: float, num_images: int) -> str:
+    """How a budget came about, for the error message."""
+    if 0 < max_corrupt < 1:
+        return f"--max-corrupt {max_corrupt:g} of {num_images} images"
+    return f"--max-corrupt {max_corrupt:g}"
+
+
+def corrupt_counter(max_corrupt: float = DEFAULT_MAX_CORRUPT, num_images: int = 0):
+    """A new corrupt-sample actor for `make_dataset(counter=...)` with the budget of `corrupt_budget`;
+    `ray.get(counter.count.remote())` is the number of distinct corrupt samples, `counter.report.remote()` the
+    samples. Once more than the budget are known, decoding raises a DataError naming the shards."""
+    return _counter_class().remote(corrupt_budget(max_corrupt, num_images), budget_text(max_corrupt, num_images))
 
 
 def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: int, label_kind: str,
-                  c_dim: int, use_labels: bool, mirror: bool, counter, budget: int) -> dict[str, np.ndarray]:
+                  c_dim: int, use_labels: bool, mirror: bool, counter) -> dict[str, np.ndarray]:
     """Decode one batch of raw webdataset rows into {"img": uint8 [N, C, H, W], "c": float32 [N, c_dim]}.
 
-    Samples whose PNG or label cannot be parsed are dropped and reported to `counter`; with `mirror` every
+    Samples already known to `counter` as corrupt are dropped undecoded; samples whose PNG or label cannot be
+    parsed are dropped and reported to it (each (shard, key) is counted once per run). With `mirror` every
     image is emitted twice, as is and x-flipped (spec §h: --mirror doubles the data set)."""
+    import ray
+
     pngs = batch["png"] if "png" in batch else np.empty(0, dtype=object)
-    n = len(batch["__key__"])
+    keys, urls = batch["__key__"], batch["__url__"]
+    n = len(keys)
+    known, error = ray.get(counter.known.remote(sorted({str(u) for u in urls})))
+    if error is not None:
+        raise DataError(error)
+    skip = {(sh, k) for sh, ks in known.items() for k in ks}
     hwc = np.empty((n, resolution, resolution, channels), dtype=np.uint8)
     out_c = np.zeros((n, c_dim if use_labels else 0), dtype=np.float32)
     ok = np.ones(n, dtype=bool)
-    first_bad = None
+    found = []
     for i in range(n):
+        if skip and (str(urls[i]), str(keys[i])) in skip:
+            ok[i] = False
+            continue
         try:
             data = pngs[i] if len(pngs) else None
             if data is None or (isinstance(data, float) and np.isnan(data)):
@@ -115,16 +188,12 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
                     out_c[i] = np.asarray(vec, dtype=np.float32).reshape(c_dim)
         except Exception as exc:  # noqa: BLE001 - any unparsable sample is corrupt, counted below
             ok[i] = False
-            if first_bad is None:
-                first_bad = (str(batch["__key__"][i]), str(batch["__url__"][i]), f"{type(exc).__name__}: {exc}")
-    if first_bad is not None:
-        import ray
-
-        key, url, reason = first_bad
-        total = ray.get(counter.add.remote(url, int((~ok).sum())))
-        if total > budget:
-            raise DataError(f"{total} corrupt samples read, more than the budget of {budget}; the latest is "
-                            f"{key} in shard {url} ({reason}): rebuild that shard set")
+            found.append((str(urls[i]), str(keys[i]), f"{type(exc).__name__}: {exc}"[:300]))
+    if found:
+        error = ray.get(counter.add.remote(found))
+        if error is not None:
+            raise DataError(error)
+    if not ok.all():
         hwc, out_c = hwc[ok], out_c[ok]
     img = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
     if mirror:
@@ -135,7 +204,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
 
 def make_dataset(uri: str, resolution: int | None = None, channels: int | None = None, use_labels: bool = False,
                  mirror: bool = False, seed: int = 0, *, epoch: int = 0, passes: int = 1, rank: int = 0,
-                 world_size: int = 1, counter=None, corrupt_budget: int = DEFAULT_CORRUPT_BUDGET,
+                 world_size: int = 1, counter=None, max_corrupt: float = DEFAULT_MAX_CORRUPT,
                  info: DatasetInfo | None = None, concurrency: int | None = None):
     """`passes` passes (default one) over the shard set at `uri` as one `ray.data.Dataset` whose batches are
     {"img": uint8 [N, C, H, W], "c": float32 [N, c_dim]} (c_dim 0 when `use_labels` is False).
@@ -144,7 +213,8 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
     mismatch raises DataError. Pass `epoch + j` visits the shards in an order drawn from (seed, epoch + j);
     with `world_size` > 1, rank r reads every world_size-th shard of each pass's order. At most `concurrency`
     read+decode tasks run at once (default: `default_concurrency()`). `counter` (see `corrupt_counter`)
-    collects corrupt-sample counts; one is made when None. The counter actor is `ds.stylegan3_counter`."""
+    collects the distinct corrupt samples; one with the budget of `max_corrupt` (see `corrupt_budget`) is made
+    when None. The counter actor is `ds.stylegan3_counter`."""
     import ray
 
     info = info or dataset_info(uri)
@@ -163,7 +233,7 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
     if storage.is_s3(uri):
         remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
     if counter is None:
-        counter = corrupt_counter(corrupt_budget)
+        counter = corrupt_counter(max_corrupt, info.num_images)
     concurrency = min(concurrency or default_concurrency(), len(paths))
     # One read task per shard and no block splitting, so Ray fuses read and decode into one task (same
     # num_cpus and concurrency on both).
@@ -173,8 +243,7 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
         _decode_batch, batch_format="numpy", batch_size=None, zero_copy_batch=True, num_cpus=DATA_NUM_CPUS,
         compute=ray.data.TaskPoolStrategy(size=concurrency),
         fn_kwargs=dict(resolution=info.resolution, channels=info.channels, label_kind=info.label_kind,
-                       c_dim=info.c_dim, use_labels=use_labels, mirror=mirror, counter=counter,
-                       budget=corrupt_budget),
+                       c_dim=info.c_dim, use_labels=use_labels, mirror=mirror, counter=counter),
         **remote_args,
     )
     ds.stylegan3_counter = counter
@@ -270,26 +339,25 @@ class ImageStream:
     ranks) resumes at the pass holding that image, so a resumed run sees the same shard orders as an
     uninterrupted one would from that pass on. Each Ray Data execution covers `passes_per_execution` passes
     (default: `default_passes(number of shards)`; 1 keeps every pass apart in the shuffle buffer).
-    `num_corrupt` counts corrupt samples skipped so far (for the training metrics)."""
+    `num_corrupt` is the number of distinct corrupt samples found so far, `corrupt_samples` their list."""
 
     def __init__(self, uri: str, batch_size: int, *, resolution: int | None = None, channels: int | None = None,
                  use_labels: bool = False, mirror: bool = False, seed: int = 0, start_nimg: int = 0,
                  rank: int = 0, world_size: int = 1, shuffle_buffer: int | None = None,
-                 corrupt_budget: int = DEFAULT_CORRUPT_BUDGET, device=None,
+                 max_corrupt: float = DEFAULT_MAX_CORRUPT, device=None,
                  passes_per_execution: int | None = None):
         self.uri = uri
         self.info = dataset_info(uri)
         check_info(self.info, resolution, channels, use_labels)
         self.batch_size = batch_size
-        self.kwargs = dict(use_labels=use_labels, mirror=mirror, seed=seed, rank=rank, world_size=world_size,
-                           corrupt_budget=corrupt_budget)
+        self.kwargs = dict(use_labels=use_labels, mirror=mirror, seed=seed, rank=rank, world_size=world_size)
         self.seed = seed
         self.pass_images = self.info.num_images * (2 if mirror else 1)  # over all ranks
         self.start_pass = start_nimg // self.pass_images
         self.passes = passes_per_execution or default_passes(len(self.info.shards))
         self.shuffle_buffer = shuffle_buffer
         self.device = device
-        self.counter = corrupt_counter(corrupt_budget)
+        self.counter = corrupt_counter(max_corrupt, self.info.num_images)
 
     def dataset(self, pass_index: int):
         """The Ray Data dataset for passes pass_index .. pass_index + self.passes - 1."""
@@ -306,3 +374,10 @@ class ImageStream:
         import ray
 
         return int(ray.get(self.counter.count.remote()))
+
+    @property
+    def corrupt_samples(self) -> list[dict]:
+        """[{"shard", "key", "reason"}] of the distinct corrupt samples found so far."""
+        import ray
+
+        return ray.get(self.counter.report.remote())

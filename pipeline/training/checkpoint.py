@@ -10,6 +10,11 @@ Layout of one checkpoint directory (what `ray.train.report(checkpoint=...)` pers
                          position (data pass), RNG states, the TrainConfig (to_dict) and `extra`
     fakes.png            grid of G_ema images for fixed latents (seed 0), uint8 RGB/L
     meta.json            human-readable summary: cur_nimg, kimg, tick and the metrics of that tick
+    corrupt_samples.json the distinct corrupt samples found so far, [{"shard", "key", "reason"}] (also in
+                         state.pt's `extra`, so the count survives a resume)
+
+Ray Train registers a checkpoint only after every file of it is uploaded, and an automatic resume takes Ray's
+latest registered checkpoint: a directory half-uploaded when storage went away is never the one a resume picks.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ NETWORK_FILE = "network.safetensors"
 STATE_FILE = "state.pt"
 GRID_FILE = "fakes.png"
 META_FILE = "meta.json"
+CORRUPT_FILE = "corrupt_samples.json"
 GRID_SEED = 0  # latents of the fakes grid: the same images at every snapshot, so progress is comparable
 
 
@@ -59,6 +65,11 @@ def write_meta(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
     clean = {k: (v if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v))
                  else None) for k, v in metrics.items()}
     (Path(directory) / META_FILE).write_text(json.dumps(clean, indent=1, sort_keys=True))
+
+
+def write_corrupt(directory: str | os.PathLike, samples: list[dict[str, str]]) -> None:
+    """corrupt_samples.json: the run's distinct corrupt samples, [{"shard", "key", "reason"}] in the order found."""
+    (Path(directory) / CORRUPT_FILE).write_text(json.dumps(samples, indent=1))
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, Any]:

@@ -99,6 +99,9 @@ class RunConfig:
     resume: str | None = None  # start a NEW run from these weights (checkpoint URI, network file, official .pkl)
     seed: int = 0  # global seed; worker seeds derive from (seed, rank, cur_nimg)
     max_failures: int = 3  # restart dead workers from the last checkpoint this many times
+    # distinct corrupt samples (shard, key) tolerated before the run stops: 0 = none, a value in (0, 1) = that
+    # fraction of the set's images but at least one, >= 1 = a count (pipeline.data.reader.corrupt_budget)
+    max_corrupt: float = 0.01
     metrics: tuple[str, ...] = ()  # quality/equivariance metrics computed at each snapshot (e.g. eqt, swd)
     experiment: str | None = None  # MLflow experiment name (tracking)
     model_name: str | None = None  # MLflow registered-model name for the EMA generator (tracking)
@@ -227,5 +230,8 @@ class TrainConfig:
             raise ConfigError(f"--snap ({s.snap}) must be >= 0 and --keep ({s.keep}) >= 1")
         if not 0 <= a.p <= 1:
             raise ConfigError(f"--p {a.p} must lie in [0, 1]")
+        if r.max_corrupt < 0:
+            raise ConfigError(f"--max-corrupt {r.max_corrupt} must be >= 0 (0 = no corrupt sample tolerated, "
+                              "0.01 = 1% of the images, 5 = five samples)")
         if r.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker} must be positive")

@@ -318,7 +318,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = iter_batches_forever(lambda _pass: shard, cfg.per_worker_batch, seed=cfg.run.seed * 1009 + rank,
                                    start_pass=trainer.data_epoch,
                                    passes_per_source=int(loop_config.get("passes_per_execution", 1)))
+    # Corrupt samples (pipeline.data.reader): the run's budget, and the samples this run already found (kept in
+    # every checkpoint), so that a resumed run neither counts them again nor decodes them.
     counter = loop_config.get("corrupt_counter")
+    if counter is not None:
+        from pipeline.data.reader import budget_text, corrupt_budget
+
+        num_images = pass_images // (2 if cfg.data.mirror else 1)
+        ray.get(counter.configure.remote(corrupt_budget(cfg.run.max_corrupt, num_images),
+                                         budget_text(cfg.run.max_corrupt, num_images),
+                                         trainer.extra.get("corrupt_samples", [])))
     s = cfg.schedule
     total_nimg = int(s.kimg * 1000)
     tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
@@ -342,6 +351,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "blur_sigma": blur_sigma(trainer.cur_nimg, cfg.loss.blur_init_sigma, cfg.loss.blur_fade_kimg),
             "sec_per_kimg": elapsed / max(nimg / 1000, 1e-9), "img_per_s": nimg / max(elapsed, 1e-9),
             "peak_mem_gb": _peak_memory_gb(device),
+            # distinct corrupt samples of the run so far (each counted once however many passes read it)
             "corrupt_skipped": int(ray.get(counter.count.remote())) if counter is not None else 0,
             "done": done,
         })
@@ -352,7 +362,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             trainer.consolidate()
             with ckpt_io.staging_dir() as d:
                 if rank == 0:
+                    corrupt = ray.get(counter.report.remote()) if counter is not None else []
+                    trainer.extra["corrupt_samples"] = corrupt
                     ckpt_io.save(trainer, d)
+                    ckpt_io.write_corrupt(d, corrupt)
                     metrics.update(callbacks.on_snapshot(trainer, d, metrics) or {})
                     ckpt_io.write_meta(d, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,

@@ -130,29 +130,56 @@ def test_manifest_mismatch_errors(ray_local, local_set, tmp_path):
         make_dataset(str(tmp_path / "nothing-here"))
 
 
-def _corrupt_one_sample(set_dir: str) -> str:
-    """Replace the PNG of the first sample of shard 0 with garbage; returns the shard's path."""
-    path = Path(set_dir, "train-000000.tar")
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar]
-    with tarfile.open(path, "w") as tar:
-        for i, (m, data) in enumerate(members):
-            if i == 0:
-                data = data[: len(data) // 3]
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
-    return str(path)
+def zero_png_in_place(shard: str | Path, index: int = 0) -> str:
+    """Zero the bytes of the `index`-th PNG member of a tar shard where they lie: the tar stays intact, the image
+    is unreadable (a damaged file as a real data set has one). Returns the sample's key."""
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".png")][index]
+    with open(shard, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(bytes(member.size))
+    return member.name.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def test_corrupt_samples_are_counted_then_stop_the_run(ray_local, local_set, tmp_path):
-    damaged = str(tmp_path / "damaged")
-    shutil.copytree(local_set, damaged)
-    shard = _corrupt_one_sample(damaged)
-    stream = ImageStream(damaged, batch_size=3, use_labels=True, corrupt_budget=5, passes_per_execution=1)
-    batches = take(stream, 2)  # the 6 good images: exactly one pass, so every shard was decoded
-    assert all(b["img"].shape == (3, 3, RES, RES) for b in batches)
+def damaged_copy(set_dir: str, dest: Path, shards: dict[int, list[int]]) -> str:
+    """A copy of a local shard set with the PNGs {shard index: [member indices]} zeroed; returns its path."""
+    shutil.copytree(set_dir, dest)
+    for shard, members in shards.items():
+        for i in members:
+            zero_png_in_place(dest / f"train-{shard:06d}.tar", i)
+    return str(dest)
+
+
+def test_a_bad_sample_is_counted_once_however_many_passes_read_it(ray_local, local_set, tmp_path):
+    damaged = damaged_copy(local_set, tmp_path / "damaged", {0: [0]})
+    shard = str(Path(damaged, "train-000000.tar"))
+    # 3 shards: one execution covers 86 passes. 150 batches of 4 = 100 passes over the 6 good images.
+    stream = ImageStream(damaged, batch_size=4, use_labels=True)
+    batches = take(stream, 150)
+    assert all(b["img"].shape == (4, 3, RES, RES) for b in batches)
     assert len({img.numpy().tobytes() for b in batches for img in b["img"]}) == len(GOOD) - 1
     assert stream.num_corrupt == 1
-    strict = ImageStream(damaged, batch_size=3, corrupt_budget=0)
-    with pytest.raises(DataError, match=f"budget of 0.*{shard}"):
+    (bad,) = stream.corrupt_samples
+    assert bad["shard"] == shard and bad["key"] == "00000000" and "cannot identify image" in bad["reason"]
+
+    # A resumed run hands the samples it knew to a new counter: still one, and the set reads on.
+    again = ImageStream(damaged, batch_size=4, use_labels=True, start_nimg=600)
+    assert ray_local.get(again.counter.configure.remote(1, "test", [bad])) == 1
+    take(again, 20)
+    assert again.num_corrupt == 1 and again.corrupt_samples == [bad]
+
+
+def test_the_budget_is_on_distinct_samples_and_names_the_shards(ray_local, local_set, tmp_path):
+    from pipeline.data.reader import corrupt_budget
+
+    assert corrupt_budget(0.01, 16) == 1 and corrupt_budget(0.01, 1000) == 10 and corrupt_budget(0, 16) == 0
+    assert corrupt_budget(5, 16) == 5 and corrupt_budget(0.5, 7) == 3
+    one_bad = damaged_copy(local_set, tmp_path / "one", {0: [0]})
+    strict = ImageStream(one_bad, batch_size=3, max_corrupt=0)
+    with pytest.raises(DataError, match="1 distinct corrupt samples, more than the budget of 0 .*train-000000.tar"):
         take(strict, 2)
+    # Mostly broken (5 of 7): the default budget (1%, at least one sample) stops it in the first pass.
+    broken = damaged_copy(local_set, tmp_path / "broken", {0: [0, 1, 2], 1: [0, 1]})
+    with pytest.raises(DataError, match=r"more than the budget of 1 \(--max-corrupt 0.01 of 7 images\); in shards "
+                                        r".*train-00000[01].tar \(\d\)"):
+        take(ImageStream(broken, batch_size=3), 4)

@@ -50,6 +50,7 @@ def _snapshot_dir(tmp: Path, G, D, nimg: int) -> Path:
     from pipeline.images import save_png
 
     save_png(grid, d / checkpoint.GRID_FILE)
+    checkpoint.write_corrupt(d, [{"shard": "s/train-000000.tar", "key": "00000003", "reason": "zeroed"}])
     return d
 
 
@@ -239,6 +240,11 @@ def test_tracking_survives_server_outage(tmp_path, monkeypatch, mlflow_server, t
     assert client.get_run(run_id).info.status == "FINISHED"
     versions = client.search_model_versions("name='outage-d'")
     assert sorted(v.tags["kimg"] for v in versions) == ["0.2", "0.4"]
+    # Nothing logged during the outage is lost: every metric, both snapshots' grids, the corrupt-sample list.
+    assert [m.step for m in client.get_metric_history(run_id, "loss.D")] == [100, 200, 300, 400]
+    assert [m.step for m in client.get_metric_history(run_id, "kimg")] == [100, 200, 300, 400]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "grids")) == ["grids/000.200kimg", "grids/000.400kimg"]
+    assert {"config.json", checkpoint.CORRUPT_FILE} <= {a.path for a in client.list_artifacts(run_id)}
     # The registered generator's files went through the server into the bucket.
     from pipeline import storage
 

@@ -4,6 +4,7 @@ configuration errors that must stop a run before any cluster work. Tiny networks
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -26,6 +27,14 @@ def tiny_shards(session_dir):
     return ensure_demo_shards(session_dir / "train-shards", 16, max_images=64, progress=False)
 
 
+@pytest.fixture(scope="module")
+def damaged_shards(tiny_shards, session_dir):
+    """tiny_shards with one PNG zeroed in place (the tar intact): one bad sample of 64."""
+    from tests.pipeline.test_data_reader import damaged_copy
+
+    return damaged_copy(tiny_shards, session_dir / "train-shards-damaged", {0: [3]})
+
+
 def tiny_config(data_uri: str, storage_uri: str, run_name: str, **sections) -> TrainConfig:
     base = TrainConfig().replace(
         model={"cbase": 256, "cmax": 16, "z_dim": 16, "w_dim": 16},
@@ -46,10 +55,10 @@ def _close(a: dict, b: dict) -> None:
         assert math.isclose(a[k], b[k], rel_tol=1e-6, abs_tol=1e-9), k
 
 
-def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards, s3_bucket, tmp_path):
+def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_shards, s3_bucket, tmp_path):
     record = tmp_path / "record.jsonl"
     env = {"STYLEGAN3_TEST_RECORD": str(record)}
-    cfg, info = prepare(tiny_config(tiny_shards, f"{s3_bucket}/runs", "two-workers", schedule={"kimg": 0.008}))
+    cfg, info = prepare(tiny_config(damaged_shards, f"{s3_bucket}/runs", "two-workers", schedule={"kimg": 0.008}))
     assert cfg.per_worker_batch == 4 and cfg.model.resolution == 16
 
     result = fit(cfg, info, env_vars=env, progress=False)
@@ -58,14 +67,18 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards
     assert m["kimg"] == pytest.approx(0.008) and m["tick"] == 1 and m["done"] is True
     for k in ("loss/G_loss", "loss/D_loss", "loss/r1_penalty", "loss/logits_real", "loss/signs_real"):
         assert math.isfinite(m[k]), k  # step 0 runs all three phases
-    assert m["img_per_s"] > 0 and m["peak_mem_gb"] > 0 and m["corrupt_skipped"] == 0
+    assert m["img_per_s"] > 0 and m["peak_mem_gb"] > 0
+    assert m["corrupt_skipped"] == 1  # the one bad sample (the run's 64-image pass reads it once per pass)
     assert m["test_metric"] == 1.0  # on_snapshot's metrics reach the report
 
     # The snapshot is on S3 with the full layout.
     last = latest_checkpoint(cfg)
     assert last == storage.join(run_dir(cfg), checkpoint.dir_name(8))
-    for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE, checkpoint.META_FILE):
+    for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE, checkpoint.META_FILE,
+                 checkpoint.CORRUPT_FILE):
         assert storage.exists(storage.join(last, name)), name
+    (bad,) = json.loads(storage.read_bytes(storage.join(last, checkpoint.CORRUPT_FILE)))
+    assert bad["shard"].endswith("train-000000.tar") and bad["key"] and bad["reason"]
     local = tmp_path / "ckpt"
     for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE):
         storage.download_file(storage.join(last, name), local / name)
@@ -75,9 +88,10 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards
     assert saved["ada"]["step_idx"] == 1  # one ADA adjustment (at step 0), its direction from the real signs
     assert (saved["ada"]["p"] > 0) == (saved["ada"]["last_signs_mean"] > 0.6)
     assert saved["extra"]["dataset_manifest_sha256"] == info.manifest_sha256
+    assert checkpoint.load_state(local)["extra"]["corrupt_samples"] == [bad]  # a resume starts from it
 
     # Same run name and storage, longer schedule: starts from the checkpoint, then goes on.
-    cfg2, info2 = prepare(tiny_config(tiny_shards, f"{s3_bucket}/runs", "two-workers",
+    cfg2, info2 = prepare(tiny_config(damaged_shards, f"{s3_bucket}/runs", "two-workers",
                                       schedule={"kimg": 0.016, "keep": 1}))
     result2 = fit(cfg2, info2, env_vars=env, progress=False)
     assert result2.error is None
@@ -85,6 +99,7 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, tiny_shards
     assert [s["resumed"] for s in starts] == [False, True]
     _close(starts[1], saved)
     assert result2.metrics["kimg"] == pytest.approx(0.016) and result2.metrics["tick"] == 2
+    assert result2.metrics["corrupt_skipped"] == 1  # the same sample, not counted again after the resume
     final = train_record.read(record)[-1]
     assert final["cur_nimg"] == 16 and final["batch_idx"] == 2 and final["G_ema_sum"] != saved["G_ema_sum"]
     # keep 1: only the newest checkpoint is left.
