@@ -38,8 +38,9 @@ def test_gpu_acceptance_dry_run(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
     out = tmp_path / "out"
     t0 = time.monotonic()
+    # 25 s on a quiet 2-core machine, 135 s at load 10; the budget only keeps a loaded CI machine from failing it.
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_acceptance.py"), "--dry", "--out", str(out),
-                           "--budget-s", "240"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+                           "--budget-s", "480"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - t0
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, log
