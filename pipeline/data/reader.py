@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -188,7 +189,8 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
                     out_c[i] = np.asarray(vec, dtype=np.float32).reshape(c_dim)
         except Exception as exc:  # noqa: BLE001 - any unparsable sample is corrupt, counted below
             ok[i] = False
-            found.append((str(urls[i]), str(keys[i]), f"{type(exc).__name__}: {exc}"[:300]))
+            reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(exc).__name__}: {exc}")
+            found.append((str(urls[i]), str(keys[i]), reason[:300]))
     if found:
         error = ray.get(counter.add.remote(found))
         if error is not None:

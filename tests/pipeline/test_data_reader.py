@@ -153,9 +153,9 @@ def damaged_copy(set_dir: str, dest: Path, shards: dict[int, list[int]]) -> str:
 def test_a_bad_sample_is_counted_once_however_many_passes_read_it(ray_local, local_set, tmp_path):
     damaged = damaged_copy(local_set, tmp_path / "damaged", {0: [0]})
     shard = str(Path(damaged, "train-000000.tar"))
-    # 3 shards: one execution covers 86 passes. 150 batches of 4 = 100 passes over the 6 good images.
+    # 3 shards: one execution covers 86 passes. 75 batches of 4 = 50 passes over the 6 good images.
     stream = ImageStream(damaged, batch_size=4, use_labels=True)
-    batches = take(stream, 150)
+    batches = take(stream, 75)
     assert all(b["img"].shape == (4, 3, RES, RES) for b in batches)
     assert len({img.numpy().tobytes() for b in batches for img in b["img"]}) == len(GOOD) - 1
     assert stream.num_corrupt == 1
@@ -163,9 +163,9 @@ def test_a_bad_sample_is_counted_once_however_many_passes_read_it(ray_local, loc
     assert bad["shard"] == shard and bad["key"] == "00000000" and "cannot identify image" in bad["reason"]
 
     # A resumed run hands the samples it knew to a new counter: still one, and the set reads on.
-    again = ImageStream(damaged, batch_size=4, use_labels=True, start_nimg=600)
+    again = ImageStream(damaged, batch_size=4, use_labels=True, start_nimg=300, passes_per_execution=1)
     assert ray_local.get(again.counter.configure.remote(1, "test", [bad])) == 1
-    take(again, 20)
+    take(again, 4)
     assert again.num_corrupt == 1 and again.corrupt_samples == [bad]
 
 

@@ -243,7 +243,8 @@ def test_tracking_survives_server_outage(tmp_path, monkeypatch, mlflow_server, t
     # Nothing logged during the outage is lost: every metric, both snapshots' grids, the corrupt-sample list.
     assert [m.step for m in client.get_metric_history(run_id, "loss.D")] == [100, 200, 300, 400]
     assert [m.step for m in client.get_metric_history(run_id, "kimg")] == [100, 200, 300, 400]
-    assert sorted(a.path for a in client.list_artifacts(run_id, "grids")) == ["grids/000.200kimg", "grids/000.400kimg"]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "grids")) == [
+        "grids/00000.200kimg", "grids/00000.400kimg"]
     assert {"config.json", checkpoint.CORRUPT_FILE} <= {a.path for a in client.list_artifacts(run_id)}
     # The registered generator's files went through the server into the bucket.
     from pipeline import storage
