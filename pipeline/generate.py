@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.device, why = local_device(args.device)  # the rule of pipeline.training.devices
-        print(f"device: {args.device} ({why})", file=sys.stderr)
         G = load_generator(args.model, device=args.device)
     except (SourceError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"device: {args.device} ({why})", file=sys.stderr)  # after the model: a failed look-up prints one line
     if G.c_dim and not 0 <= args.class_idx < G.c_dim:
         print(f"error: --class {args.class_idx} is outside this model's {G.c_dim} classes", file=sys.stderr)
         return 2

@@ -101,13 +101,13 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"device: {name} ({why})", file=sys.stderr)
     device = torch.device(name)
     try:
         G = load_generator(args.model, device=str(device))  # the same resolver as generate and train --resume
     except (SourceError, NetworkFileError, storage.StorageError, OSError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 2
+    print(f"device: {name} ({why})", file=sys.stderr)  # after the model: a failed look-up prints one line
     start = time.time()
     try:
         results = compute_metrics(G, names, args.num, real=args.data, detector=args.detector,
