@@ -146,6 +146,9 @@ def choose(use_gpu: bool | None) -> DeviceChoice:
     if launchable:
         return DeviceChoice(True, f"the cluster has no GPU now, but its autoscaler can launch up to {launchable} "
                                   f"(from {source}); GPU nodes start when the workers ask for them", **facts)
+    if not os.environ.get("RAY_ADDRESS") and launchable is None:
+        # A private Ray that this process started on this machine (the embedded default, a laptop): no cluster.
+        return DeviceChoice(False, "the local Ray on this machine has no GPU", **facts)
     why = "the cluster has no GPU and nothing says its autoscaler can launch any"
     if launchable == 0:
         why = f"the cluster has no GPU and {source} says its autoscaler can launch none"

@@ -22,6 +22,7 @@ def cluster(monkeypatch):
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Labels": dict(c.labels)}])
     monkeypatch.setattr(devices, "_from_gcs_cluster_config", lambda: c.gcs)
     monkeypatch.delenv(devices.ENV_VAR, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a driver on a cluster (as `ray job submit` starts it)
     return c
 
 
@@ -36,6 +37,12 @@ def test_no_gpus_nothing_declared_is_cpu_and_says_how_to_declare(cluster):
     choice = devices.choose(None)
     assert not choice.use_gpu and choice.backend == "gloo"
     assert devices.LABEL in choice.line() and devices.ENV_VAR in choice.line() and "WARNING" not in choice.line()
+
+
+def test_private_local_ray_without_gpu_says_so_briefly(cluster, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS")  # the embedded default: a Ray this process started on this machine
+    choice = devices.choose(None)
+    assert choice.line() == "device: CPU (gloo): the local Ray on this machine has no GPU"
 
 
 @pytest.mark.parametrize("where", ["label", "env", "gcs"])
