@@ -249,7 +249,7 @@ def other_calls(res: int, batch: int, dtype=torch.float16, second_order: bool = 
 
 
 def model(cfgs, res: int, batch: int, show_others: bool = True) -> int:
-    """Print the launch model (see the module docstring); returns the worst predicted/floor ratio x 1000."""
+    """Print the launch model (see the module docstring) and the worst predicted/floor ratio per config and pass."""
     import ops._triton.bias_act as kb
     import ops._triton.filtered_lrelu as kf
     import ops._triton.static_compile as sc

@@ -17,8 +17,13 @@ and evaluates
     Y = Hy2 · A · Hx2ᵀ          (the [BO, BO] output tile)
 
 with ``tl.dot``. A separable filter is one rank-1 term; a full 2-D filter (config R's radial down filter) is
-split by SVD into a sum of separable terms, dropping singular values below 1e-10 of the largest (far under
-float32 rounding), so the kernel stays separable-by-terms: rank 3–6 for StyleGAN3-R's jinc filters.
+split by SVD into a sum of separable terms, dropping singular values below 1e-8 of the largest (under float32's
+half-ulp; 1e-10 for float64), so the kernel stays separable-by-terms: rank 3–5 for StyleGAN3-R's jinc filters.
+
+Precision. The dots run on tensor cores: fp16 inputs as fp16 operands with each filter matrix split into an fp16
+hi part and a 2^11-scaled fp16 lo part (exact to ~2^-22; two dots), float32/bfloat16 inputs with the signal split
+the same way after an exact power-of-two scale from the tile's largest exponent (three dots: hi·hi, hi·lo, lo·hi),
+float64 on CUDA cores. Each stage's two passes run in the cheaper order (``XF1``/``XF2``).
 
 Sign/clamp codes (spec §c.3, "sign-bit trick"). When a gradient will be needed, the forward also writes a
 2-bit code per element of the part of the upsampled signal that influences the output: bit 0 set = the value
@@ -66,10 +71,33 @@ _FLOOR_BIAS = 1 << 16
 
 
 # Dot modes (all accumulate in float32, float64 for float64 inputs):
-_DOT_IEEE = 0  # CUDA-core FMA (float64 for gradcheck)
-_DOT_TF32X3 = 1  # tensor cores, 3xTF32 (each fp32 operand split into two tf32 parts): float32 / bfloat16 inputs
-_DOT_FP16 = 2  # tensor cores, fp16 data x (fp16 hi + 2^-11-scaled fp16 lo) filter: float16 inputs
-_LO_SCALE = 2048.0  # 2^11: the fp16 lo part of a filter tap, scaled into fp16's normal range
+_DOT_IEEE = 0  # CUDA-core FMA (float64 inputs: gradcheck)
+_DOT_FP16 = 1  # tensor cores: fp16 data x (fp16 hi + 2^11-scaled fp16 lo) filter, 2 dots: float16 inputs
+_DOT_FP16X3 = 2  # tensor cores: data and filter each split into two fp16 parts, 3 dots: float32/bfloat16 inputs
+# A lo part is scaled by 2^11 into fp16's normal range (fp16 keeps 11 significant bits); the kernels undo it.
+
+
+@triton.jit
+def _split_filter(f):
+    """fp32 filter matrix -> (hi, lo·2^11) fp16 parts: hi + lo·2^-11 equals f to ~2^-22 relative."""
+    fh = f.to(tl.float16)
+    fl = ((f - fh.to(tl.float32)) * 2048.0).to(tl.float16)
+    return fh, fl
+
+
+@triton.jit
+def _split_data(d):
+    """fp32 signal tile -> (hi, lo·2^11, 2^-k): a power-of-two scale puts max|d| in [1, 2) (exact, from the exponent
+    bits), so neither part overflows or underflows fp16 whatever the tile's magnitude."""
+    m = tl.max(tl.max(tl.abs(d), axis=1), axis=0)
+    e = (m.to(tl.int32, bitcast=True) >> 23) & 255
+    e = tl.minimum(tl.maximum(e, 1), 253)
+    scale = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2^(127 - e)
+    unscale = (e << 23).to(tl.float32, bitcast=True)  # 2^(e - 127)
+    ds = d * scale
+    dh = ds.to(tl.float16)
+    dl = ((ds - dh.to(tl.float32)) * 2048.0).to(tl.float16)
+    return dh, dl, unscale
 
 
 @triton.jit
@@ -78,12 +106,13 @@ def _data_filter(d, f, DOT: tl.constexpr):
     if DOT == 0:
         r = tl.dot(d, f, input_precision="ieee")
     elif DOT == 1:
-        r = tl.dot(d, f, input_precision="tf32x3")
-    else:
+        fh, fl = _split_filter(f)
         d16 = d.to(tl.float16)
-        fh = f.to(tl.float16)
-        fl = ((f - fh.to(tl.float32)) * 2048.0).to(tl.float16)
         r = tl.dot(d16, fh) + tl.dot(d16, fl) * (1.0 / 2048.0)
+    else:
+        fh, fl = _split_filter(f)
+        dh, dl, unscale = _split_data(d)
+        r = (tl.dot(dh, fh) + (tl.dot(dh, fl) + tl.dot(dl, fh)) * (1.0 / 2048.0)) * unscale
     return r
 
 
@@ -93,12 +122,13 @@ def _filter_data(f, d, DOT: tl.constexpr):
     if DOT == 0:
         r = tl.dot(f, d, input_precision="ieee")
     elif DOT == 1:
-        r = tl.dot(f, d, input_precision="tf32x3")
-    else:
+        fh, fl = _split_filter(f)
         d16 = d.to(tl.float16)
-        fh = f.to(tl.float16)
-        fl = ((f - fh.to(tl.float32)) * 2048.0).to(tl.float16)
         r = tl.dot(fh, d16) + tl.dot(fl, d16) * (1.0 / 2048.0)
+    else:
+        fh, fl = _split_filter(f)
+        dh, dl, unscale = _split_data(d)
+        r = (tl.dot(fh, dh) + (tl.dot(fl, dh) + tl.dot(fh, dl)) * (1.0 / 2048.0)) * unscale
     return r
 
 
@@ -256,7 +286,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_SVD_REL_TOL = 1e-10
+# Singular values kept, relative to the largest: 1e-8 is under float32's half-ulp (6e-8), so a dropped term changes
+# no float32/float16 result (R's jinc filters: rank 3-5 instead of 4-6); float64 (gradcheck) keeps down to 1e-10.
+_SVD_REL_TOL = {torch.float64: 1e-10}
+_SVD_REL_TOL_LOW = 1e-8
 _factor_cache: dict = {}
 
 
@@ -265,8 +298,8 @@ def _factor_filter(f: torch.Tensor | None, flip_filter: bool, device, cdtype):
 
     g is `f` flipped on every axis unless `flip_filter` (true convolution, spec §c.2). None -> identity [[1]].
     1-D [T] (separable: along x, then y) -> R = 1. 2-D [fh, fw] -> SVD, dropping singular values below
-    1e-10 of the largest. Results are cached per filter tensor object and version (filters are fixed buffers),
-    so a CUDA filter costs one host round-trip (the SVD) the first time only.
+    1e-8 of the largest (1e-10 for float64). Results are cached per filter tensor object and version (filters are
+    fixed buffers), so a CUDA filter costs one host round-trip (the SVD) the first time only.
     """
     if f is None:
         one = torch.ones(1, 1, dtype=cdtype, device=device)
@@ -281,7 +314,7 @@ def _factor_filter(f: torch.Tensor | None, flip_filter: bool, device, cdtype):
     else:
         g = (f if flip_filter else f.flip([0, 1])).detach().to(device="cpu", dtype=torch.float64)
         u, s, vh = torch.linalg.svd(g)
-        keep = max(1, int((s > s[0] * _SVD_REL_TOL).sum()))
+        keep = max(1, int((s > s[0] * _SVD_REL_TOL.get(cdtype, _SVD_REL_TOL_LOW)).sum()))
         root = s[:keep].sqrt()
         hy = (u[:, :keep] * root).T.to(device=device, dtype=cdtype)
         hx = (vh[:keep] * root[:, None]).to(device=device, dtype=cdtype)
@@ -315,16 +348,19 @@ def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX):
     return r1 * min(s1x, s1y) + r2 * min(s2x, s2y), s1x <= s1y, s2x <= s2y
 
 
-# Largest upsampled-rate window per program on a GPU (elements): a [32, 64] fp32 window is 16 registers per thread
-# at 4 warps; larger windows took 8 warps and 138-248 registers (one block per SM) in the sm_90 compile.
-_MAX_WINDOW = 2048
+# Largest upsampled-rate window per program on a GPU (elements). Up to 2048 (a [32, 64] fp32 window is 16 registers
+# per thread) a program runs 4 warps. A [64, 64] window runs 16 warps, which ptxas fits in 128 registers (one
+# 16-warp block per SM; with 8 warps it took 138-248 registers, one 8-warp block per SM), but only for separable
+# fp16 variants: the split-fp32 and rank > 1 ones spilled there (152-968 bytes, sm_90 compile).
+_MAX_WINDOW = 4096
+_SMALL_WINDOW = 2048
 
 
 @functools.lru_cache(maxsize=512)
-def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret):
+def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_SMALL_WINDOW):
     """Pick outputs per block (bo_y, bo_x), minimising the dots' multiply-adds per plane (padded shapes, best
     pass order) plus, under the interpreter, a large per-program overhead. bo_x·down is a multiple of 4 (a block's
-    codes start on a byte). On a GPU the window is capped at _MAX_WINDOW elements (registers)."""
+    codes start on a byte). On a GPU the window is capped at ``max_window`` elements (registers)."""
     def cands(n, step):
         top = min(-(-n // step) * step, 256)
         return list(range(step, top + 1, step))
@@ -340,7 +376,7 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret):
             BOX, BTX, BMX = _axis_blocks(bx, *ax)
             if max(BTX, BMX, BOX) > max_dim and bx > step_x:
                 break
-            if not interpret and BTY * BTX > _MAX_WINDOW and (by > 1 or bx > step_x):
+            if not interpret and BTY * BTX > max_window and (by > 1 or bx > step_x):
                 continue
             work, xf1, xf2 = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX)
             cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + 16 * BTY * BTX + overhead)
@@ -372,9 +408,9 @@ class _Plan:
         # Largest register block side: big blocks under the interpreter (per-op overhead dominates).
         self.max_dim = max_dim or (128 if _interpreting() else 64)
         self.cdtype = cdtype
-        # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters, float32 and
-        # bfloat16 as 3xTF32; float64 (gradcheck) on CUDA cores.
-        self.dot = {torch.float64: _DOT_IEEE, torch.float16: _DOT_FP16}.get(x.dtype, _DOT_TF32X3)
+        # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters; float32 and
+        # bfloat16 with data and filters both split into two fp16 parts; float64 (gradcheck) on CUDA cores.
+        self.dot = {torch.float64: _DOT_IEEE, torch.float16: _DOT_FP16}.get(x.dtype, _DOT_FP16X3)
         uy, ux = _factor_filter(fu, flip_filter, x.device, cdtype)
         dy, dx = _factor_filter(fd, flip_filter, x.device, cdtype)
         # Stage gain up² of the upsampling FIR (spec §c.3 step 2), folded into the y factors of stage 1.
@@ -402,8 +438,9 @@ class _Plan:
         r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
+        max_window = _MAX_WINDOW if self.dot == _DOT_FP16 and r1 == 1 and r2 == 1 else _SMALL_WINDOW
         by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2 = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
-                                                                         _interpreting())
+                                                                         _interpreting(), max_window)
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
         launch_kernel(_flrelu_kernel, grid,
@@ -419,7 +456,7 @@ class _Plan:
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
             DOT=self.dot, XF1=xf1, XF2=xf2,
-            num_warps=4,
+            num_warps=4 if BTY * BTX <= _SMALL_WINDOW else 16,
         )
         return out
 
@@ -503,9 +540,9 @@ def launch_cost(p: dict, programs: int) -> dict:
     esz_out = p["out_ptr"].element_size()
     f64 = p["h1y_ptr"].dtype == torch.float64
     dot = p.get("DOT", _DOT_IEEE)
-    # (unit, tensor-core passes per multiply-add): fp16 data x (hi + lo) filter = 2 dots; 3xTF32 = 3.
-    unit, passes = {_DOT_IEEE: ("cuda_fp64" if f64 else "cuda_fp32", 1), _DOT_TF32X3: ("tc_tf32", 3),
-                    _DOT_FP16: ("tc_fp16", 2)}[dot]
+    # (unit, dots per multiply-add): fp16 data x (hi + lo) filter = 2; (hi + lo) x (hi + lo) without lo·lo = 3.
+    unit, passes = {_DOT_IEEE: ("cuda_fp64" if f64 else "cuda_fp32", 1), _DOT_FP16: ("tc_fp16", 2),
+                    _DOT_FP16X3: ("tc_fp16", 3)}[dot]
     r1, r2 = p["R1"], p["R2"]
     BOY, BOX, BTY, BTX, BMY, BMX = (p[k] for k in ("BOY", "BOX", "BTY", "BTX", "BMY", "BMX"))
     if "XF1" in p:

@@ -31,4 +31,8 @@ def test_every_variant_compiles_for_sm90_within_budget(tmp_path):
            for k in kernels if k["violations"]]
     print(f"triton {report['triton']}: {report['variants']} variants from {report['launches']} launches "
           f"in {report['seconds']} s")
+    for name in sorted({k["kernel"] for k in kernels}):
+        ks = [k for k in kernels if k["kernel"] == name]
+        print(f"  {name}: {len(ks)} variants, registers <= {max(k['regs'] for k in ks)}, "
+              f">= {min(k['blocks_per_sm'] for k in ks)} blocks/SM")
     assert not bad, f"{len(bad)} of {len(kernels)} variants outside the budget:\n" + "\n".join(bad)
