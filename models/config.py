@@ -103,6 +103,8 @@ class DiscriminatorConfig:
     mbstd_num_channels: int = 1          # minibatch-std feature channels
     cmap_dim: Optional[int] = None       # conditioning projection size; None = channels at 4x4
     mapping_layers: int = 8              # conditional mapping depth (StyleGAN2 mapping; not --map-depth)
+    freeze_layers: int = 0               # the first N conv layers (fromrgb, conv0, conv1, skip per block, from
+                                         # the highest resolution) are frozen buffers (train.py --freezed)
 
     def __post_init__(self) -> None:
         _check_resolution(self.img_resolution)
@@ -110,6 +112,8 @@ class DiscriminatorConfig:
             raise ValueError(f"img_channels must be 1..4, got {self.img_channels}")
         if self.mbstd_group_size < 1 or self.mbstd_num_channels < 1:
             raise ValueError("mbstd_group_size and mbstd_num_channels must be >= 1")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,7 +157,7 @@ _G_ONLY = {"z_dim", "w_dim", "map_depth", "magnitude_ema_beta", "output_scale", 
            "num_layers", "num_critical", "first_cutoff", "first_stopband", "last_stopband_rel",
            "filter_size", "lrelu_upsampling", "conv_kernel", "use_radial_filters", "mapping_lr_multiplier",
            "w_avg_beta"}
-_D_ONLY = {"mbstd_group_size", "mbstd_num_channels", "cmap_dim", "mapping_layers"}
+_D_ONLY = {"mbstd_group_size", "mbstd_num_channels", "cmap_dim", "mapping_layers", "freeze_layers"}
 _BOTH = {"c_dim", "img_channels", "conv_clamp", "num_fp16_res", "channel_base", "channel_max"}
 
 

@@ -44,20 +44,31 @@ class DiscriminatorBlock(nn.Module):
     """Residual block at resolution r: [N, tmp, r, r] (or the image, first block) -> [N, out, r/2, r/2]."""
 
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
-                 img_channels: int, use_fp16: bool, conv_clamp: Optional[float]):
+                 img_channels: int, use_fp16: bool, conv_clamp: Optional[float], first_layer_idx: int = 0,
+                 freeze_layers: int = 0):
+        """first_layer_idx: how many conv layers the blocks before this one hold; layers whose index (in the
+        order fromrgb, conv0, conv1, skip) is below `freeze_layers` are frozen (spec §d)."""
         super().__init__()
         self.in_channels = in_channels
         self.resolution = resolution
         self.img_channels = img_channels
         self.use_fp16 = use_fp16
         self.register_buffer("resample_filter", RESAMPLE_FILTER.clone())
+        self.num_layers = 0
+
+        def trainable() -> bool:
+            idx = first_layer_idx + self.num_layers
+            self.num_layers += 1
+            return idx >= freeze_layers
+
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, kernel_size=1, activation="lrelu",
-                                       conv_clamp=conv_clamp)
-        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, activation="lrelu", conv_clamp=conv_clamp)
+                                       conv_clamp=conv_clamp, trainable=trainable())
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, activation="lrelu", conv_clamp=conv_clamp,
+                                 trainable=trainable())
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, kernel_size=3, activation="lrelu", down=2,
-                                 conv_clamp=conv_clamp)
-        self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2)
+                                 conv_clamp=conv_clamp, trainable=trainable())
+        self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2, trainable=trainable())
 
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and img.device.type == "cuda") else torch.float32
@@ -140,10 +151,13 @@ class Discriminator(nn.Module):
         if cfg.c_dim == 0:
             cmap_dim = 0
         fp16_resolution = max(2 ** (log2 + 1 - cfg.num_fp16_res), 8)
+        cur_layer_idx = 0
         for res in self.block_resolutions:
             in_channels = ch(res) if res < cfg.img_resolution else 0
             block = DiscriminatorBlock(in_channels, ch(res), ch(res // 2), res, cfg.img_channels,
-                                       use_fp16=res >= fp16_resolution, conv_clamp=cfg.conv_clamp)
+                                       use_fp16=res >= fp16_resolution, conv_clamp=cfg.conv_clamp,
+                                       first_layer_idx=cur_layer_idx, freeze_layers=cfg.freeze_layers)
+            cur_layer_idx += block.num_layers
             setattr(self, f"b{res}", block)
         if cfg.c_dim > 0:
             self.mapping = ConditionMapping(cfg.c_dim, cmap_dim, num_layers=cfg.mapping_layers)

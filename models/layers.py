@@ -77,7 +77,10 @@ class Conv2dLayer(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: str = "linear", down: int = 1, conv_clamp: Optional[float] = None):
+                 activation: str = "linear", down: int = 1, conv_clamp: Optional[float] = None,
+                 trainable: bool = True):
+        """trainable False: weight and bias are buffers, not parameters (a frozen layer, --freezed, spec §d):
+        no optimizer sees them; the state_dict keys are the same."""
         super().__init__()
         assert down in (1, 2)
         self.in_channels = in_channels
@@ -90,8 +93,14 @@ class Conv2dLayer(nn.Module):
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
         self.act_gain = math.sqrt(2) if activation == "lrelu" else 1.0
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        bias_value = torch.zeros([out_channels]) if bias else None
+        if trainable:
+            self.weight = nn.Parameter(weight)
+            self.bias = nn.Parameter(bias_value) if bias else None
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias_value)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         f = self.resample_filter

@@ -5,7 +5,7 @@
 - Params: the whole resolved TrainConfig, flattened (`model.cbase`, `loss.gamma`, …), never credentials.
 - Metrics every tick, with `step` = images shown to D (cur_nimg; kimg = step / 1000, also logged as `kimg`,
   since sub-kimg ticks of small runs would otherwise collapse onto one step).
-- At every snapshot: the fakes grid, the config and the list of corrupt samples found so far as artifacts,
+- At every snapshot: the fakes grid, progress.png, the config and the list of corrupt samples found so far as artifacts,
   and the EMA generator registered as a new version of NAME (pyfunc wrapper of our network file, see pipeline.pyfunc); the `champion` alias follows
   the best quality metric (lower is better). `latest` is MLflow's own `models:/NAME/latest`, and our tools
   also accept `models:/NAME@latest` for it (MLflow reserves `latest` as an alias name).
@@ -32,7 +32,9 @@ from pipeline.training.callbacks import TrainCallbacks
 log = logging.getLogger("stylegan3.tracking")
 
 CHAMPION_ALIAS = "champion"
-LOWER_IS_BETTER = ("swd", "fid", "kid")  # quality metrics that pick the champion, in order of preference
+# Quality metrics that pick the champion, in order of preference; the last is the default quality curve's
+# (pipeline.training.progress, every run unless --quality 0).
+LOWER_IS_BETTER = ("swd", "fid", "kid", "quality/swd")
 # Images per metric at each snapshot (env STYLEGAN3_METRIC_SAMPLES); the paper's 50k is for final numbers.
 DEFAULT_METRIC_SAMPLES = 1000
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
@@ -237,8 +239,9 @@ class MlflowCallbacks(TrainCallbacks):
         snap = self._staging / f"snap-{int(trainer.cur_nimg):012d}"
         snap.mkdir(parents=True, exist_ok=True)
         from pipeline.training import checkpoint
+        from pipeline.training.progress import PROGRESS_FILE
 
-        for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE, checkpoint.CORRUPT_FILE):
+        for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE, checkpoint.CORRUPT_FILE, PROGRESS_FILE):
             if (Path(directory) / name).exists():
                 shutil.copy2(Path(directory) / name, snap / name)
         (snap / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
@@ -315,6 +318,10 @@ class MlflowCallbacks(TrainCallbacks):
         if (snap / checkpoint.GRID_FILE).exists():
             self.client.log_artifact(self.run_id, str(snap / checkpoint.GRID_FILE), f"grids/{kimg:09.3f}kimg")
         self.client.log_artifact(self.run_id, str(snap / "config.json"))
+        from pipeline.training.progress import PROGRESS_FILE
+
+        if (snap / PROGRESS_FILE).exists():  # quality and losses vs kimg with the latest grid (replaced)
+            self.client.log_artifact(self.run_id, str(snap / PROGRESS_FILE))
         if (snap / checkpoint.CORRUPT_FILE).exists():  # the run's distinct corrupt samples so far (replaced)
             self.client.log_artifact(self.run_id, str(snap / checkpoint.CORRUPT_FILE))
 

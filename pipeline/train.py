@@ -49,7 +49,8 @@ DEMO_DATA = "demo:emoji"  # --data value that means the bundled set (also the de
 # Flags that leave the demo's training trajectory as it is (the derived run name ignores them too): with only
 # these on top of the embedded default, the run keeps the name DEMO_RUN_NAME, so `--kimg 2` continues it.
 SAME_RUN_FLAGS = {"--kimg", "--tick", "--snap", "--keep", "--workers", "--cpus-per-worker", "--use-gpu",
-                  "--storage", "--max-failures", "--metrics", "--experiment", "--model-name", "--tracking", "--data"}
+                  "--storage", "--max-failures", "--metrics", "--quality", "--experiment", "--model-name", "--tracking",
+                  "--data"}
 
 
 def _bool(text: str) -> bool:
@@ -75,6 +76,12 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--map-depth", type=int, default=d.model.map_depth, help="mapping-network layers (%(default)s)")
     g.add_argument("--mbstd-group", type=int, default=d.model.mbstd_group,
                    help="minibatch-std group size of D; each worker's chunk must be a multiple (%(default)s)")
+    g.add_argument("--fp32", type=_bool, default=d.model.fp32,
+                   help="1 = no fp16 layers on GPUs (num_fp16_res 0, conv_clamp None for G and D), as the official "
+                        "--fp32; CPUs always compute in fp32 (default 0)")
+    g.add_argument("--freezed", type=int, default=d.model.freezed,
+                   help="freeze the first N conv layers of D, counted from the highest resolution (fromrgb, conv0, "
+                        "conv1, skip per block), as the official --freezed; for fine-tuning (%(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="shard set built by `python -m pipeline.dataset build` (dir or s3://bucket/prefix); "
                    f"{DEMO_DATA} or no --data = the bundled demo set at {DEMO_RESOLUTION}x{DEMO_RESOLUTION} with the "
@@ -85,8 +92,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=d.schedule.batch, help="global batch size over all workers")
     g.add_argument("--batch-per-worker", type=int, help="images per forward pass on a worker (gradient "
                    "accumulation when smaller than batch/workers; like the official --batch-gpu)")
-    g.add_argument("--gamma", type=float, help="R1 regularisation weight (default 2*(res/256)^2: 2 at 256, "
-                   "8 at 512, 32 at 1024)")
+    g.add_argument("--gamma", type=float, help="R1 regularisation weight. The official tool requires it; the paper "
+                   "used 2 at 256x256, 6.6-8.2 for faces at 512x512-1024x1024 (MetFaces, AFHQv2 T), 16.4 for AFHQv2 R "
+                   "(and 32.8 for FFHQ 1024). Default here: the rule of thumb 2*(res/256)^2 (2 at 256, 8 at 512, "
+                   "32 at 1024), printed on the run's first line")
     g.add_argument("--glr", type=float, help="G learning rate (default 0.0025)")
     g.add_argument("--dlr", type=float, help="D learning rate (default 0.002)")
     g.add_argument("--aug", default=d.aug.mode, choices=AUG_MODES,
@@ -118,6 +127,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "fraction of the images but at least one, 1 or more = a count (%(default)s)")
     g = p.add_argument_group("tracking")
     g.add_argument("--metrics", default="", help="comma-separated metrics computed at each snapshot, e.g. eqt,swd")
+    g.add_argument("--quality", type=_bool, default=d.run.quality,
+                   help="1 = a cheap SWD of G_ema against a fixed set of reals at every snapshot: in the tick line, "
+                        "MLflow (quality/swd) and progress.png beside the checkpoints; 0 = off (default 1)")
     g.add_argument("--experiment", help="MLflow experiment (default: the data set's name)")
     g.add_argument("--model-name", help="MLflow registered model for the EMA generator (default: derived)")
     g.add_argument("--tracking", type=_bool, default=True,
@@ -128,7 +140,8 @@ def make_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """The (unresolved) TrainConfig described by parsed flags."""
     return TrainConfig(
-        model=ModelConfig(cfg=a.cfg, cbase=a.cbase, cmax=a.cmax, map_depth=a.map_depth, mbstd_group=a.mbstd_group),
+        model=ModelConfig(cfg=a.cfg, cbase=a.cbase, cmax=a.cmax, map_depth=a.map_depth, mbstd_group=a.mbstd_group,
+                          fp32=a.fp32, freezed=a.freezed),
         optim=OptimConfig(glr=a.glr, dlr=a.dlr),
         loss=LossConfig(gamma=a.gamma),
         aug=AugConfig(mode=a.aug, target=a.target, p=a.p),
@@ -138,10 +151,17 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         run=RunConfig(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
                       run_name=a.run_name, resume=a.resume, seed=a.seed, max_failures=a.max_failures,
                       max_corrupt=a.max_corrupt,
-                      metrics=tuple(m for m in a.metrics.split(",") if m), experiment=a.experiment,
+                      metrics=tuple(m for m in a.metrics.split(",") if m), quality=a.quality, experiment=a.experiment,
                       model_name=a.model_name,
                       callbacks="pipeline.tracking:make_callbacks" if a.tracking else None),
     )
+
+
+def gamma_note(given: float | None) -> str:
+    """What the run line says after the gamma value: nothing when --gamma was given, else where it came from."""
+    if given is not None:
+        return ""
+    return " (default 2*(res/256)^2; the official tool requires --gamma)"
 
 
 def _local_ray_env() -> None:
@@ -234,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = latest_checkpoint(cfg)
     print(f"run {cfg.run.run_name}: {cfg.model.cfg} {cfg.model.resolution}x{cfg.model.resolution}, "
           f"{info.num_images} images from {cfg.data.uri}, batch {cfg.schedule.batch} on {cfg.run.workers} "
-          f"worker(s), gamma {cfg.loss.gamma:g}, {cfg.schedule.kimg:g} kimg", flush=True)
+          f"worker(s), gamma {cfg.loss.gamma:g}{gamma_note(args.gamma)}, {cfg.schedule.kimg:g} kimg", flush=True)
     print(f"  checkpoints: {run_dir(cfg)}" + (f"  (resuming from {previous})" if previous else ""), flush=True)
+    if cfg.data.cond and info.label_counts is None:
+        print(f"  note: the manifest of {cfg.data.uri} predates label counts: fake labels come from each real "
+              "batch; rebuild the set (python -m pipeline.dataset build) to draw them from the whole set", flush=True)
     start = time.time()
     result = fit(cfg, info)
     wall = time.time() - start
@@ -248,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  latest checkpoint: {last}")
     if last:
         print(f"  fakes grid:        {last}/fakes.png")
+    bad = int((result.metrics or {}).get("corrupt_skipped") or 0)
+    if bad:
+        from pipeline.training.checkpoint import CORRUPT_FILE
+
+        print(f"  bad samples:       {bad} skipped, never decoded again (list: {last}/{CORRUPT_FILE})")
     if cfg.run.callbacks:
         uri = os.environ["MLFLOW_TRACKING_URI"]
         print(f"  MLflow:            {uri}  (browse: mlflow ui --backend-store-uri {uri})")
@@ -258,7 +286,28 @@ def main(argv: list[str] | None = None) -> int:
              if not a.startswith("--kimg=") and a != "--kimg" and (i == 0 or argv[i - 1] != "--kimg")]
     again += ["--kimg", f"{cfg.schedule.kimg * 10:g}"]
     print("  python -m pipeline.train " + shlex.join(again) + "   # continues this run to a larger --kimg")
+    for line in progress_summary(run_dir(cfg)):
+        print(line)
     return 0
+
+
+def progress_summary(directory: str) -> list[str]:
+    """The summary's last lines: the quality metric at its first and last snapshot, and where progress.png is."""
+    import json
+
+    from pipeline import storage
+    from pipeline.training.progress import HISTORY_FILE, PROGRESS_FILE, QUALITY_KEY, History
+
+    png, data = storage.join(directory, PROGRESS_FILE), storage.join(directory, HISTORY_FILE)
+    if not storage.exists(png):
+        return []
+    lines = []
+    if storage.exists(data):
+        q = History(json.loads(storage.read_bytes(data))).quality()
+        if q:
+            lines.append(f"quality (SWD x1e3 on fixed reals, MLflow {QUALITY_KEY.replace('/', '.')}, lower is better): {q[0][1]:.1f} at "
+                         f"{q[0][0]:g} kimg -> {q[-1][1]:.1f} at {q[-1][0]:g} kimg")
+    return lines + [f"progress (quality and losses vs kimg, latest fakes): {png}"]
 
 
 if __name__ == "__main__":

@@ -162,6 +162,18 @@ def _labels_for(source: Source, names: list[str], mode: str) -> tuple[dict, dict
                     "different lengths); every label must be of one kind")
 
 
+def _label_distribution(labels: dict, names: list[str], skipped: set, kind: str, dim: int) -> dict:
+    """How often each label occurs among the images written to the shards: {"counts": [n per class]} for class
+    labels, {"values": [distinct vectors], "counts": [n per vector]} for vector labels. Training draws the labels
+    of its fakes from it (the labels of random training images, spec §e.2)."""
+    used = [labels[n] for n in names if n in labels and n not in skipped]
+    if kind == "class":
+        counts = Counter(int(v) for v in used)
+        return {"counts": [counts.get(k, 0) for k in range(dim)]}
+    counts = Counter(tuple(float(x) for x in v) for v in used)
+    return {"values": [list(v) for v in counts], "counts": list(counts.values())}
+
+
 def _first_image(source: Source, names: list[str]) -> PIL.Image.Image:
     reader = SourceReader(source.spec)
     for name in names[:1000]:
@@ -395,6 +407,9 @@ def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log
     if num_images == 0:
         raise DataError(f"none of the {len(names)} images of {src} could be used; reasons in "
                         f"{storage.join(dest, REPORT_NAME)}")
+    if label_info["kind"] != "none":  # the labels' distribution over the images in the shards (fake labels)
+        label_info = {**label_info, **_label_distribution(labels, names, {s["name"] for s in skipped},
+                                                          label_info["kind"], label_info["dim"])}
     manifest = {
         "format": FORMAT, "package_version": package_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -25,6 +25,9 @@ class DatasetInfo:
     num_images: int
     manifest_sha256: str
     shards: tuple  # ((name, count), ...)
+    # how often each label occurs in the set: ((label vector, count), ...); None when unlabelled or when the
+    # manifest predates label counts (rebuild the set with `python -m pipeline.dataset build` to add them)
+    label_counts: tuple | None = None
 
     def shard_uris(self) -> list[str]:
         return [storage.join(self.uri, name) for name, _ in self.shards]
@@ -63,7 +66,30 @@ def dataset_info(uri: str) -> DatasetInfo:
         c_dim=int(doc["labels"]["dim"]), label_kind=doc["labels"]["kind"], num_images=int(doc["num_images"]),
         manifest_sha256=hashlib.sha256(raw).hexdigest(),
         shards=tuple((s["name"], int(s["count"])) for s in doc["shards"]),
+        label_counts=_label_counts(doc["labels"]),
     )
+
+
+def _label_counts(labels: dict) -> tuple | None:
+    dim, counts = int(labels.get("dim", 0)), labels.get("counts")
+    if labels.get("kind") == "none" or counts is None:
+        return None
+    if labels["kind"] == "class":  # one-hot vectors, as the reader decodes .cls labels
+        values = [tuple(1.0 if j == k else 0.0 for j in range(dim)) for k in range(dim)]
+    else:
+        values = [tuple(float(x) for x in v) for v in labels["values"]]
+    return tuple((v, int(n)) for v, n in zip(values, counts) if int(n) > 0)
+
+
+def label_distribution(info: DatasetInfo):
+    """The set's labels as (values float32 [K, c_dim], counts int64 [K]) numpy arrays, the K distinct labels
+    and how many images carry each; None when the manifest holds no counts (see DatasetInfo.label_counts)."""
+    import numpy as np
+
+    if not info.label_counts:
+        return None
+    values = np.array([v for v, _ in info.label_counts], dtype=np.float32).reshape(-1, info.c_dim)
+    return values, np.array([n for _, n in info.label_counts], dtype=np.int64)
 
 
 def check_info(info: DatasetInfo, resolution: int | None, channels: int | None, use_labels: bool) -> None:

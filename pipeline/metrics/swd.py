@@ -139,6 +139,13 @@ def swd_levels(real: ImageSource, fake: ImageSource, descriptors_per_image: int 
     da = collect_descriptors(real, descriptors_per_image, min_res, max_images, seed=seed)
     # Same seed: both sets are probed at the same patch positions, so identical sets give exactly 0.
     db = collect_descriptors(fake, descriptors_per_image, min_res, max_images, seed=seed)
+    return swd_from_descriptors(da, db, dirs_per_repeat, dir_repeats, seed)
+
+
+def swd_from_descriptors(da: dict[int, torch.Tensor], db: dict[int, torch.Tensor], dirs_per_repeat: int = 512,
+                         dir_repeats: int = 4, seed: int = 0) -> dict[int, float]:
+    """SWD ×1e3 per level between two `collect_descriptors` results (taken with the same seed). The real side
+    can be collected once and compared with many generated sets (the training loop's quality curve)."""
     ca, cb = next(iter(da.values())).shape[1], next(iter(db.values())).shape[1]
     if list(da) != list(db) or ca != cb:
         raise ValueError(f"swd: real and generated images differ in shape: {ca} vs {cb} channels, pyramid "

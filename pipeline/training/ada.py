@@ -67,8 +67,10 @@ class AdaController:
         self.ada_kimg = float(ada_kimg)
         self.pipe: Optional[AugmentPipe] = None if mode == "noaug" else (pipe or AugmentPipe.bgc())
         self._p = {"ada": float(initial_p), "fixed": float(fixed_p), "noaug": 0.0}[mode]
-        self._sign_sum = 0.0      # sum of sign(real logit) since the last adjustment
-        self._sign_count = 0.0    # number of real logits behind _sign_sum
+        # Sum of sign(real logit) since the last adjustment: a tensor on the logits' device, so that observing a
+        # chunk never waits for the device (read once per adjustment, in `step`); 0.0 until the first observe.
+        self._sign_sum: torch.Tensor | float = 0.0
+        self._sign_count = 0.0    # number of real logits behind _sign_sum (known on the host)
         self.step_idx = 0         # iterations seen (the loop's batch_idx)
         self.last_signs_mean: Optional[float] = None  # E[sign(real logits)] of the last adjustment
         self._sync_pipe()
@@ -85,14 +87,15 @@ class AdaController:
     def observe(self, real_logits: torch.Tensor) -> None:
         """Accumulate sign(real logits) [N, 1] (any shape) from a Dmain or Dreg real pass."""
         logits = real_logits.detach()
-        self._sign_sum += float(torch.sign(logits).sum())
+        # No float(): stays on the device (no host-device synchronisation per chunk).
+        self._sign_sum = torch.sign(logits).sum(dtype=torch.float64) + self._sign_sum
         self._sign_count += float(logits.numel())
 
     def step(self, batch_size: int,
              reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> float:
-        """Call once per iteration after all phases. Every ``interval`` iterations (the first on
-        iteration 0, as the official loop's ``batch_idx % interval == 0``) adjusts p from the signs
-        observed since the previous adjustment.
+        """Call once per iteration after all phases. After every ``interval``-th iteration (iterations
+        interval, 2·interval, … counted from 1: the official loop tests ``batch_idx % interval == 0`` after
+        ``batch_idx += 1``) adjusts p from the signs observed since the previous adjustment.
 
         Args:
             batch_size: the global batch (all workers together), images per iteration.
@@ -102,18 +105,19 @@ class AdaController:
         Returns:
             p after this iteration.
         """
-        do_adjust = self.mode == "ada" and self.step_idx % self.interval == 0
         self.step_idx += 1
-        if not do_adjust:
+        if not (self.mode == "ada" and self.step_idx % self.interval == 0):
             return self._p
-        stats = torch.tensor([self._sign_sum, self._sign_count], dtype=torch.float64)
+        total = torch.as_tensor(self._sign_sum, dtype=torch.float64)
+        stats = torch.stack([total, torch.tensor(self._sign_count, dtype=torch.float64, device=total.device)])
         if reduce is not None:
             stats = reduce(stats)
         self._sign_sum, self._sign_count = 0.0, 0.0
-        total, count = float(stats[0]), float(stats[1])
+        total, count = stats.tolist()  # one read per adjustment, not per chunk
         if count > 0:
             self.last_signs_mean = total / count
-            direction = float(torch.sign(torch.tensor(self.last_signs_mean - self.target)))
+            diff = self.last_signs_mean - self.target
+            direction = float((diff > 0) - (diff < 0))  # sign(mean − target)
             adjust = direction * batch_size * self.interval / (self.ada_kimg * 1000)
             self._p = max(self._p + adjust, 0.0)
             self._sync_pipe()
@@ -122,7 +126,7 @@ class AdaController:
     def state_dict(self) -> dict:
         """JSON-safe state for checkpoints (p, pending sign statistics, step counter, settings)."""
         return {"mode": self.mode, "p": self._p, "target": self.target, "interval": self.interval,
-                "ada_kimg": self.ada_kimg, "sign_sum": self._sign_sum,
+                "ada_kimg": self.ada_kimg, "sign_sum": float(self._sign_sum),
                 "sign_count": self._sign_count, "step_idx": self.step_idx,
                 "last_signs_mean": self.last_signs_mean}
 

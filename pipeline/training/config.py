@@ -42,6 +42,8 @@ class ModelConfig:
     c_dim: int | None = None  # label dimension (0 = unconditional); None = the dataset's (with --cond)
     z_dim: int = 512  # latent size
     w_dim: int = 512  # intermediate latent size
+    fp32: bool = False  # official --fp32: no fp16 layers on GPUs (num_fp16_res 0, conv_clamp None for G and D)
+    freezed: int = 0  # official --freezed: the first N conv layers of D (from the highest resolution) get no update
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class RunConfig:
     # fraction of the set's images but at least one, >= 1 = a count (pipeline.data.reader.corrupt_budget)
     max_corrupt: float = 0.01
     metrics: tuple[str, ...] = ()  # quality/equivariance metrics computed at each snapshot (e.g. eqt, swd)
+    # the cheap quality curve: SWD of G_ema against a fixed set of reals at every snapshot, in the tick line,
+    # MLflow and progress.png (pipeline.training.progress); False = off
+    quality: bool = True
     experiment: str | None = None  # MLflow experiment name (tracking)
     model_name: str | None = None  # MLflow registered-model name for the EMA generator (tracking)
     callbacks: str | None = None  # "module:factory" building the rank-0 callbacks object (tracking hook)
@@ -233,5 +238,7 @@ class TrainConfig:
         if r.max_corrupt < 0:
             raise ConfigError(f"--max-corrupt {r.max_corrupt} must be >= 0 (0 = no corrupt sample tolerated, "
                               "0.01 = 1% of the images, 5 = five samples)")
+        if m.freezed < 0:
+            raise ConfigError(f"--freezed {m.freezed} must be >= 0 (the number of D layers to freeze)")
         if r.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker} must be positive")

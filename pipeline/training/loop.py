@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.training import checkpoint as ckpt_io
+from pipeline.training import progress
 from pipeline.training.ada import AdaController
 from pipeline.training.callbacks import TrainCallbacks, load_callbacks
 from pipeline.training.config import TrainConfig
@@ -36,7 +37,7 @@ def network_overrides(cfg: TrainConfig) -> dict[str, Any]:
     m = cfg.model
     return dict(channel_base=m.cbase, channel_max=m.cmax, map_depth=m.map_depth, c_dim=m.c_dim,
                 img_channels=m.img_channels, z_dim=m.z_dim, w_dim=m.w_dim, mbstd_group_size=m.mbstd_group,
-                magnitude_ema_beta=0.5 ** (cfg.schedule.batch / 20000))
+                magnitude_ema_beta=0.5 ** (cfg.schedule.batch / 20000), fp32=m.fp32, freeze_layers=m.freezed)
 
 
 def build_networks(cfg: TrainConfig):
@@ -58,13 +59,24 @@ class Trainer:
 
     cfg: a resolved TrainConfig. G, D: built networks (moved to `device`). rank/world_size: this
     worker's place in the torch.distributed group (world_size 1 = single process, no communication).
+    labels: the whole data set's label distribution for conditional runs, (values [K, c_dim] float32,
+    counts [K]) (`pipeline.data.label_distribution`); fake labels are drawn from it, as the official loop
+    draws the labels of random training images (spec §e.2). None: drawn from the current real batch (a
+    stand-in for sets whose manifest predates label counts; biased with small per-worker batches).
     """
 
     def __init__(self, cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module,
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 labels: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, torch.device(device), rank, world_size
         self.G = G.to(self.device).train().requires_grad_(False)
         self.D = D.to(self.device).train().requires_grad_(False)
+        if labels is not None:
+            values, counts = labels
+            self.label_values = torch.as_tensor(values, dtype=torch.float32).to(self.device)
+            self.label_probs = torch.as_tensor(counts, dtype=torch.float64) / float(sum(counts))
+        else:
+            self.label_values = self.label_probs = None
         self.G_ema = copy.deepcopy(self.G).eval()
         o = cfg.optim
         self.G_opt = torch.optim.Adam(self.G.parameters(), lr=o.glr, betas=(o.beta1, o.beta2), eps=o.eps)
@@ -111,9 +123,14 @@ class Trainer:
         return out
 
     def draw_latents(self, real_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One phase's z [n, z_dim] ~ N(0, I) and labels of random training images [n, c_dim] (spec §e.2)."""
+        """One phase's z [n, z_dim] ~ N(0, I) and labels of random training images [n, c_dim] (spec §e.2):
+        from the whole set's label distribution when the Trainer has it, else from the real batch `real_c`."""
         n = real_c.shape[0]
         z = torch.randn([n, self.cfg.model.z_dim], generator=self.generator).to(self.device)
+        if self.label_probs is not None and real_c.shape[1]:
+            # Labels of random images of the whole set: a class (or label vector) with its frequency.
+            idx = torch.multinomial(self.label_probs, n, replacement=True, generator=self.generator)
+            return z, self.label_values[idx.to(self.device)]
         idx = torch.randint(0, n, [n], generator=self.generator)
         return z, real_c[idx.to(real_c.device)]
 
@@ -172,28 +189,33 @@ class Trainer:
 
     # -- statistics ---------------------------------------------------------------------------------
     def reset_stats(self) -> None:
-        self._sums = torch.zeros(2 * len(_STAT_KEYS), dtype=torch.float64)  # [sum, count] per key
+        # Per key: the sum on the device (a chunk's statistics are added without the host waiting for the
+        # device) and the count on the host (sizes are known without reading anything). Read once per tick.
+        self._sums = torch.zeros(len(_STAT_KEYS), dtype=torch.float64, device=self.device)
+        self._counts = [0] * len(_STAT_KEYS)
 
     def _add_stats(self, stats: dict[str, torch.Tensor]) -> None:
         for k, v in stats.items():
             i = _STAT_KEYS.index(k)
-            self._sums[2 * i] += float(v.double().sum())
-            self._sums[2 * i + 1] += v.numel()
+            self._sums[i] += v.detach().sum(dtype=torch.float64)
+            self._counts[i] += v.numel()
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum of `t` over workers (a copy)."""
-        t = t.clone()
+        """Sum of `t` over workers (a copy, on this worker's device: NCCL reduces device tensors only)."""
+        t = t.to(self.device, copy=True)
         if self.world_size > 1:
             dist.all_reduce(t)
         return t
 
     def tick_stats(self) -> dict[str, float]:
-        """Means over this tick and all workers of the loss statistics (NaN when a phase did not run)."""
-        sums = self._reduce(self._sums)
+        """Means over this tick and all workers of the loss statistics (NaN when a phase did not run); the one
+        place the step's statistics are read back from the device."""
+        counts = torch.tensor(self._counts, dtype=torch.float64, device=self.device)
+        sums, counts = self._reduce(torch.stack([self._sums, counts])).tolist()
         out = {}
         for i, k in enumerate(_STAT_KEYS):
-            n = float(sums[2 * i + 1])
-            out[k] = float(sums[2 * i]) / n if n else float("nan")
+            n = counts[i]
+            out[k] = sums[i] / n if n else float("nan")
         out["D_loss"] = out["D_loss_fake"] + out["D_loss_real"]
         self.reset_stats()
         return out
@@ -230,7 +252,7 @@ class Trainer:
         the partial ADA sign sums on rank 0, so the rank-0 state describes the whole group."""
         self.seed_rngs()
         ada = self.ada.state_dict()
-        pending = self._reduce(torch.tensor([ada["sign_sum"], ada["sign_count"]], dtype=torch.float64))
+        pending = self._reduce(torch.tensor([ada["sign_sum"], ada["sign_count"]], dtype=torch.float64)).cpu()
         # Rank 0 holds the group's pending sums, the others none: the next all-reduce sees the same total.
         ada.update(sign_sum=float(pending[0]) if self.rank == 0 else 0.0,
                    sign_count=float(pending[1]) if self.rank == 0 else 0.0)
@@ -282,6 +304,28 @@ def _local_checkpoint_dir(checkpoint) -> Iterator[str]:
         yield checkpoint.to_directory(tmp)
 
 
+def _publish_progress(history, directory: str, run_dir: str | None) -> None:
+    """progress.png (curve + the checkpoint's fakes grid) into the checkpoint `directory` and, with its data
+    (progress.json), into the run directory (local or s3), where the newest one replaces the last."""
+    import json
+
+    from pipeline import storage
+
+    grid_path = os.path.join(directory, ckpt_io.GRID_FILE)
+    grid = None
+    if os.path.exists(grid_path):
+        from PIL import Image
+
+        grid = np.asarray(Image.open(grid_path))
+        grid = grid[:, :, None] if grid.ndim == 2 else grid
+    png = progress.render(history, grid)
+    with open(os.path.join(directory, progress.PROGRESS_FILE), "wb") as f:
+        f.write(png)
+    if run_dir:
+        storage.write_bytes(storage.join(run_dir, progress.PROGRESS_FILE), png)
+        storage.write_bytes(storage.join(run_dir, progress.HISTORY_FILE), json.dumps(history.rows).encode())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker. loop_config: {"config": TrainConfig.to_dict() (resolved)}."""
     import ray.train
@@ -296,7 +340,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     G, D = build_networks(cfg)
-    trainer = Trainer(cfg, G, D, device, rank, world)
+    labels = loop_config.get("labels")  # (values [K][c_dim], counts [K]) of the whole set (conditional runs)
+    trainer = Trainer(cfg, G, D, device, rank, world,
+                      labels=(torch.tensor(labels[0]), torch.tensor(labels[1])) if labels else None)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -307,6 +353,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     trainer.extra["dataset_manifest_sha256"] = loop_config.get("manifest_sha256")
     callbacks: TrainCallbacks = load_callbacks(cfg.run.callbacks, cfg) if rank == 0 else TrainCallbacks()
     callbacks.on_start(trainer, resumed=checkpoint is not None)
+    # Quality over time (pipeline.training.progress): rank 0 keeps the curve (in every checkpoint), measures G_ema
+    # at every snapshot unless --quality 0, and draws progress.png beside the checkpoints.
+    history = progress.History(trainer.extra.get("progress"))
+    probe = None
+    if rank == 0 and cfg.run.quality and loop_config.get("dataset_info") is not None:
+        from pipeline.metrics.core import DEFAULT_CACHE_DIR
+
+        probe = progress.QualityProbe(loop_config["dataset_info"], labels=labels if cfg.model.c_dim else None,
+                                      cache_dir=DEFAULT_CACHE_DIR)
 
     # Data (spec §e.7): endless full batches of this worker's share; time is counted in images. A resumed
     # run restarts the data pass that held cur_nimg, with that pass's shuffle seed.
@@ -356,7 +411,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "done": done,
         })
         snapshot = done or (s.snap > 0 and trainer.cur_tick % s.snap == 0)
+        if snapshot and probe is not None:
+            start = time.time()
+            metrics[progress.QUALITY_KEY] = probe.measure(trainer.G_ema)
+            metrics["quality/seconds"] = time.time() - start  # what the measurement cost this snapshot
         if rank == 0:
+            history.add(metrics)
+            trainer.extra["progress"] = history.rows
             callbacks.on_tick(trainer, metrics)
         if snapshot:
             trainer.consolidate()
@@ -365,6 +426,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     corrupt = ray.get(counter.report.remote()) if counter is not None else []
                     trainer.extra["corrupt_samples"] = corrupt
                     ckpt_io.save(trainer, d)
+                    _publish_progress(history, d, loop_config.get("run_dir"))
                     ckpt_io.write_corrupt(d, corrupt)
                     metrics.update(callbacks.on_snapshot(trainer, d, metrics) or {})
                     ckpt_io.write_meta(d, metrics)

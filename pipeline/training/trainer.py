@@ -56,6 +56,10 @@ def default_run_name(cfg: TrainConfig, info) -> str:
     flat = {k: v for k, v in cfg.flatten().items()
             if (not k.startswith("run.") or k in ("run.seed", "run.resume"))
             and k not in ("schedule.kimg", "schedule.tick", "schedule.snap", "schedule.keep")}
+    # Options added later, at their defaults, leave the names (and so the automatic resume) of older runs as they were.
+    for key, default in (("model.fp32", False), ("model.freezed", 0)):
+        if flat.get(key) == default:
+            flat.pop(key)
     flat["data.sha256"] = info.manifest_sha256
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     data_name = Path(storage.parse(cfg.data.uri).uri().rstrip("/")).name or "data"
@@ -115,7 +119,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.data import default_passes, make_dataset
+    from pipeline.data import default_passes, label_distribution, make_dataset
     from pipeline.training import devices
 
     # Decided by choose_device on the driver; a caller that did not (tests, a library user) gets the same rule here.
@@ -132,6 +136,13 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
         "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
     }
+    loop_config["dataset_info"] = info  # the quality probe reads its fixed subset of reals from the shards
+    # Where progress.png goes (beside the checkpoints): absolute, the workers run in other directories.
+    loop_config["run_dir"] = (run_dir(cfg) if storage.is_s3(cfg.run.storage)
+                              else str(Path(storage.parse(cfg.run.storage).path).resolve() / cfg.run.run_name))
+    labels = label_distribution(info) if cfg.data.cond else None
+    if labels is not None:  # the whole set's labels and their counts: fake labels are drawn from them
+        loop_config["labels"] = (labels[0].tolist(), labels[1].tolist())
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.run.workers, use_gpu=use_gpu,
         # GPUs: one per worker (Ray Train makes it the worker's CUDA device); the autoscaler launches GPU nodes for
@@ -212,11 +223,14 @@ def _num(x: float) -> str:
 
 
 def progress_line(m: dict[str, Any]) -> str:
-    """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, speed."""
+    """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, the quality metric at snapshots, speed."""
     left = max(m["total_kimg"] - m["kimg"], 0) * m["sec_per_kimg"]
+    from pipeline.training.progress import QUALITY_KEY
+
+    quality = f"  SWD {m[QUALITY_KEY]:.1f}" if QUALITY_KEY in m else ""  # snapshots only (--quality)
     return (f"tick {m['tick']:<4d} kimg {m['kimg']:8.3f}/{m['total_kimg']:g}  ETA {_fmt_time(left):>7}  "
             f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {_num(m['loss/r1_penalty'])}  "
-            f"p {m['ada_p']:.3f}  {m['sec_per_kimg']:.1f} s/kimg  {m['img_per_s']:.1f} img/s  "
+            f"p {m['ada_p']:.3f}{quality}  {m['sec_per_kimg']:.1f} s/kimg  {m['img_per_s']:.1f} img/s  "
             f"mem {m['peak_mem_gb']:.2f} GB")
 
 

@@ -313,42 +313,41 @@ def test_cuda_identity_and_blits():
 
 
 def test_ada_step_direction_and_size_every_fourth_iteration():
+    """p moves after iterations 4, 8, … counted from 1 (the official loop's `batch_idx % 4 == 0` after
+    `batch_idx += 1`), never after the first."""
     ada = AdaController("ada", target=0.6, interval=4, ada_kimg=500)
     step = 32 * 4 / (500 * 1000)
     assert step == pytest.approx(2.56e-4)
     assert ada.p == 0.0 and float(ada.pipe.p) == 0.0
-    ada.observe(torch.ones(32, 1))  # E[sign] = 1 > 0.6: overfitting, raise p
-    assert ada.step(32) == pytest.approx(step)  # iteration 0 adjusts
-    for _ in range(3):  # iterations 1..3 accumulate only
-        ada.observe(torch.ones(32, 1))
-        assert ada.step(32) == pytest.approx(step)
-    assert ada.step(32) == pytest.approx(2 * step)  # iteration 4
-    assert float(ada.pipe.p) == pytest.approx(2 * step)
-    for _ in range(4):
-        ada.observe(-torch.ones(32, 1))
-        ada.step(32)
-    assert ada.p == pytest.approx(step)
-    assert ada.last_signs_mean == pytest.approx(-1.0)
+    p_after = {}
+    for i in range(1, 13):  # iteration i (1-based); E[sign] = 1 > 0.6 (overfitting: raise p) up to 8, then -1
+        ada.observe(torch.ones(32, 1) if i <= 8 else -torch.ones(32, 1))
+        p_after[i] = ada.step(32)
+    changed = [i for i in range(1, 13) if p_after[i] != p_after.get(i - 1, 0.0)]
+    assert changed == [4, 8, 12]
+    assert p_after[3] == 0.0 and p_after[4] == pytest.approx(step) and p_after[8] == pytest.approx(2 * step)
+    assert p_after[12] == pytest.approx(step) and float(ada.pipe.p) == pytest.approx(step)
+    assert ada.last_signs_mean == pytest.approx(-1.0) and ada.step_idx == 12
 
 
 def test_ada_p_never_below_zero_and_unchanged_at_target():
-    ada = AdaController("ada")
+    ada = AdaController("ada", interval=1)
     ada.observe(-torch.ones(8, 1))
     assert ada.step(32) == 0.0
-    ada = AdaController("ada", initial_p=0.5)
+    ada = AdaController("ada", initial_p=0.5, interval=1)
     ada.observe(torch.tensor([[1.0], [1.0], [1.0], [-1.0], [-1.0]]))  # mean 0.2 < 0.6
-    assert ada.step(32) == pytest.approx(0.5 - 2.56e-4)
-    ada = AdaController("ada", initial_p=0.5, target=0.6)
+    assert ada.step(32) == pytest.approx(0.5 - 0.64e-4)
+    ada = AdaController("ada", initial_p=0.5, target=0.6, interval=1)
     ada.observe(torch.tensor([1.0] * 8 + [-1.0] * 2))  # mean exactly 0.6
     assert ada.step(32) == pytest.approx(0.5)
 
 
 def test_ada_uses_the_cross_worker_reduction():
-    ada = AdaController("ada", initial_p=0.1)
+    ada = AdaController("ada", initial_p=0.1, interval=1)
     ada.observe(torch.ones(4, 1))  # this worker alone would raise p ...
     other_worker = torch.tensor([-12.0, 12.0], dtype=torch.float64)
     p = ada.step(32, reduce=lambda t: t + other_worker)  # ... but the global mean is -0.5
-    assert p == pytest.approx(0.1 - 2.56e-4)
+    assert p == pytest.approx(0.1 - 0.64e-4)
 
 
 def test_fixed_and_noaug_modes():

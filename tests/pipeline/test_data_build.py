@@ -8,6 +8,7 @@ import json
 import os
 import tarfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,10 @@ def test_folder_to_local_dir_with_json_labels(src, tmp_path):
     m = result.manifest
     assert m["num_images"] == len(GOOD) and m["num_skipped"] == len(CORRUPT)
     assert (m["resolution"], m["channels"]) == (32, 3)
-    assert m["labels"] == {"kind": "class", "dim": 3, "source": "json", "names": None}
+    # counts: how many images in the shards carry each class (training draws its fake labels from them)
+    in_shards = Counter(s["cls"] for s in read_shards(dest).values())
+    assert m["labels"] == {"kind": "class", "dim": 3, "source": "json", "names": None,
+                           "counts": [in_shards[k] for k in range(3)]}
     # Source indices [0,4) [4,8) [8,9) per shard; broken.png is in the first, notes.png in the second.
     assert [s["count"] for s in m["shards"]] == [3, 3, 1]
     assert m["build"]["transform"] == "center-crop" and m["package_version"]
@@ -98,7 +102,9 @@ def test_folder_labels_and_grayscale(src, tmp_path):
     result = build(str(src), dest, BuildOptions(resolution=(16, 16), channels=1, labels="folders", workers=1,
                                                 transform="center-crop"), progress=False)
     m = result.manifest
-    assert m["labels"] == {"kind": "class", "dim": 2, "source": "folders", "names": ["cats", "dogs"]}
+    in_shards = Counter(s["cls"] for s in read_shards(dest).values())
+    assert m["labels"] == {"kind": "class", "dim": 2, "source": "folders", "names": ["cats", "dogs"],
+                           "counts": [in_shards[0], in_shards[1]]}
     reasons = {s["name"]: s["reason"] for s in result.report["skipped"]}
     assert reasons["top.png"].startswith("no label")  # at the root: in no class folder
     samples = read_shards(dest)

@@ -11,10 +11,10 @@ from pipeline.train import DEMO_ARGS, config_from_args, main, make_parser
 from pipeline.training.config import ConfigError, TrainConfig
 
 FLAGS = ["--aug", "--batch", "--batch-per-worker", "--cbase", "--cfg", "--cmax", "--cond", "--cpus-per-worker",
-         "--data", "--dlr", "--experiment", "--gamma", "--glr", "--keep", "--kimg", "--map-depth", "--max-corrupt",
-         "--max-failures",
-         "--mbstd-group", "--metrics", "--mirror", "--model-name", "--p", "--resume", "--run-name", "--seed",
-         "--snap", "--storage", "--target", "--tick", "--tracking", "--use-gpu", "--workers"]
+         "--data", "--dlr", "--experiment", "--fp32", "--freezed", "--gamma", "--glr", "--keep", "--kimg",
+         "--map-depth", "--max-corrupt", "--max-failures",
+         "--mbstd-group", "--metrics", "--mirror", "--model-name", "--p", "--quality", "--resume", "--run-name",
+         "--seed", "--snap", "--storage", "--target", "--tick", "--tracking", "--use-gpu", "--workers"]
 
 
 def test_flag_list_is_frozen_and_every_flag_is_explained():

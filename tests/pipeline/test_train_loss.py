@@ -224,9 +224,12 @@ def test_ada_p_follows_sign_of_real_logits(sign):
     t = Trainer(cfg, G, _const_D(sign * 5))
     assert t.augment_pipe is not None and t.ada_p == 0
     img = torch.randint(0, 256, [8, 3, 16, 16], dtype=torch.uint8)
-    for _ in range(cfg.aug.interval + 1):
+    p_after = []
+    for _ in range(2 * cfg.aug.interval + 1):
         t.step(img, torch.zeros([8, 0]))
+        p_after.append((t.batch_idx, t.ada_p))
     step = 8 * 4 / 1000
-    expected = 2 * step if sign > 0 else 0.0  # adjustments at iterations 0 and 4
-    assert t.ada_p == pytest.approx(expected)
-    assert float(t.augment_pipe.p) == pytest.approx(expected)
+    # p moves after steps 4 and 8 (batch_idx after the step, as the official loop counts), not after step 1.
+    expected = {i: (i // 4) * step if sign > 0 else 0.0 for i in range(1, 10)}
+    assert [(i, pytest.approx(expected[i])) for i, _ in p_after] == p_after
+    assert float(t.augment_pipe.p) == pytest.approx(expected[9])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import storage
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, progress
 from pipeline.training.config import ConfigError, TrainConfig
 from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
 from tests.pipeline import train_record
@@ -39,7 +39,8 @@ def tiny_config(data_uri: str, storage_uri: str, run_name: str, **sections) -> T
     base = TrainConfig().replace(
         model={"cbase": 256, "cmax": 16, "z_dim": 16, "w_dim": 16},
         loss={"gamma": 0.1},
-        aug={"mode": "ada", "ada_kimg": 0.1},  # p moves 0.32 per adjustment: the ADA state changes visibly
+        # p moves 0.08 per adjustment, after every step: the ADA state changes visibly within these short runs
+        aug={"mode": "ada", "ada_kimg": 0.1, "interval": 1},
         schedule={"batch": 8, "kimg": 0.016, "tick": 0.008, "snap": 1, "keep": 2},
         data={"uri": data_uri},
         run={"workers": 2, "storage": storage_uri, "run_name": run_name, "max_failures": 0,
@@ -70,13 +71,18 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     assert m["img_per_s"] > 0 and m["peak_mem_gb"] > 0
     assert m["corrupt_skipped"] == 1  # the one bad sample (the run's 64-image pass reads it once per pass)
     assert m["test_metric"] == 1.0  # on_snapshot's metrics reach the report
+    assert m["quality/swd"] > 0 and m["quality/seconds"] > 0  # the default quality probe, at every snapshot
 
     # The snapshot is on S3 with the full layout.
     last = latest_checkpoint(cfg)
     assert last == storage.join(run_dir(cfg), checkpoint.dir_name(8))
     for name in (checkpoint.NETWORK_FILE, checkpoint.STATE_FILE, checkpoint.GRID_FILE, checkpoint.META_FILE,
-                 checkpoint.CORRUPT_FILE):
+                 checkpoint.CORRUPT_FILE, progress.PROGRESS_FILE):
         assert storage.exists(storage.join(last, name)), name
+    # progress.png and its data beside the checkpoints, in the run directory on S3.
+    assert storage.exists(storage.join(run_dir(cfg), progress.PROGRESS_FILE))
+    rows = json.loads(storage.read_bytes(storage.join(run_dir(cfg), progress.HISTORY_FILE)))
+    assert [r["kimg"] for r in rows] == [0.008] and rows[0]["quality/swd"] == pytest.approx(m["quality/swd"])
     (bad,) = json.loads(storage.read_bytes(storage.join(last, checkpoint.CORRUPT_FILE)))
     assert bad["shard"].endswith("train-000000.tar") and bad["key"] and bad["reason"]
     local = tmp_path / "ckpt"
@@ -85,7 +91,7 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     saved = train_record.checkpoint_summary(local, cfg)
     end = [r for r in train_record.read(record) if r["event"] == "end"][-1]
     _close(saved, end)  # the checkpoint is the state the run ended with
-    assert saved["ada"]["step_idx"] == 1  # one ADA adjustment (at step 0), its direction from the real signs
+    assert saved["ada"]["step_idx"] == 1  # one ADA adjustment (after step 1), its direction from the real signs
     assert (saved["ada"]["p"] > 0) == (saved["ada"]["last_signs_mean"] > 0.6)
     assert saved["extra"]["dataset_manifest_sha256"] == info.manifest_sha256
     assert checkpoint.load_state(local)["extra"]["corrupt_samples"] == [bad]  # a resume starts from it
@@ -100,6 +106,9 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     _close(starts[1], saved)
     assert result2.metrics["kimg"] == pytest.approx(0.016) and result2.metrics["tick"] == 2
     assert result2.metrics["corrupt_skipped"] == 1  # the same sample, not counted again after the resume
+    rows = json.loads(storage.read_bytes(storage.join(run_dir(cfg), progress.HISTORY_FILE)))
+    assert [r["kimg"] for r in rows] == [0.008, 0.016]  # the curve continues across the resume
+    assert all(r["quality/swd"] > 0 for r in rows)
     final = train_record.read(record)[-1]
     assert final["cur_nimg"] == 16 and final["batch_idx"] == 2 and final["G_ema_sum"] != saved["G_ema_sum"]
     # keep 1: only the newest checkpoint is left.
