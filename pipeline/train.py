@@ -276,11 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.training.checkpoint import CORRUPT_FILE
 
         print(f"  bad samples:       {bad} skipped, never decoded again (list: {last}/{CORRUPT_FILE})")
-    bad = int((result.metrics or {}).get("corrupt_skipped") or 0)
-    if bad:
-        from pipeline.training.checkpoint import CORRUPT_FILE
-
-        print(f"  bad samples:       {bad} skipped, never decoded again (list: {last}/{CORRUPT_FILE})")
     if cfg.run.callbacks:
         uri = os.environ["MLFLOW_TRACKING_URI"]
         print(f"  MLflow:            {uri}  (browse: mlflow ui --backend-store-uri {uri})")
