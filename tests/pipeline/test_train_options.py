@@ -245,3 +245,23 @@ def test_tick_line_shows_the_metric_at_snapshots():
          "loss/D_loss": 1.3, "loss/r1_penalty": float("nan"), "ada_p": 0.0, "img_per_s": 10.0, "peak_mem_gb": 1.0}
     assert "SWD" not in progress_line(m)
     assert "SWD 123.4" in progress_line({**m, "quality/swd": 123.44})
+
+
+def test_quality_probe_of_a_conditional_generator_draws_the_sets_labels(tiny_set, monkeypatch):
+    from pipeline.metrics import core
+    from pipeline.training import progress
+
+    seen = []
+    original = core.generate_images
+
+    def spy(G, num, **kw):
+        c = kw["c_sampler"](1000, torch.Generator().manual_seed(0))
+        seen.append(c.argmax(1).bincount(minlength=3).tolist())
+        return original(G, num, **kw)
+
+    monkeypatch.setattr(core, "generate_images", spy)
+    G, _ = build_networks(_tiny(model={"c_dim": 3}))
+    probe = progress.QualityProbe(tiny_set, num_images=16, labels=([[1, 0, 0], [0, 1, 0], [0, 0, 1]], [0, 9, 1]))
+    assert probe.measure(G) > 0
+    (counts,) = seen
+    assert counts[0] == 0 and counts[1] > 5 * counts[2] > 0  # the set's frequencies: none, 90%, 10%
