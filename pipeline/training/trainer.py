@@ -83,12 +83,28 @@ def run_dir(cfg: TrainConfig) -> str:
     return storage.join(cfg.run.storage, cfg.run.run_name)
 
 
+# Where Ray Train (2.60) records the checkpoints it has registered for a run, in the run directory. A checkpoint
+# directory that is not listed there (a driver killed while it was written) is never restored.
+RAY_CHECKPOINT_INDEX = "checkpoint_manager_snapshot.json"
+
+
 def latest_checkpoint(cfg: TrainConfig) -> str | None:
-    """URI of the newest checkpoint directory of this run, or None (used to announce a resume)."""
+    """URI of the newest complete checkpoint of this run -- the one Ray Train hands the workers on a resume --, or
+    None (used to announce a resume and to name the last checkpoint)."""
+    import json
+
     from pipeline.training.checkpoint import STATE_FILE
 
+    index = storage.join(run_dir(cfg), RAY_CHECKPOINT_INDEX)
+    if not storage.exists(index):
+        return None
+    try:
+        registered = {r["checkpoint_dir_name"] for r in json.loads(storage.read_bytes(index))["checkpoint_results"]}
+    except (ValueError, KeyError, TypeError):
+        registered = None  # another Ray's layout: fall back to every checkpoint directory with a state file
     uris = storage.list_uris(run_dir(cfg), suffix=STATE_FILE)
     dirs = sorted(u[: -len(STATE_FILE) - 1] for u in uris if "/checkpoint_" in u)
+    dirs = [d for d in dirs if registered is None or d.rstrip("/").rsplit("/", 1)[-1] in registered]
     return dirs[-1] if dirs else None
 
 
