@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.run.callbacks:
         uri = os.environ["MLFLOW_TRACKING_URI"]
         print(f"  MLflow:            {uri}  (browse: mlflow ui --backend-store-uri {uri})")
+    for line in progress_summary(run_dir(cfg)):
+        print(line)
     print("next:")
     if last:
         print(f"  python -m pipeline.generate --model {last} --seeds 0-7 --outdir outputs/fakes")
@@ -286,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
              if not a.startswith("--kimg=") and a != "--kimg" and (i == 0 or argv[i - 1] != "--kimg")]
     again += ["--kimg", f"{cfg.schedule.kimg * 10:g}"]
     print("  python -m pipeline.train " + shlex.join(again) + "   # continues this run to a larger --kimg")
-    for line in progress_summary(run_dir(cfg)):
-        print(line)
     return 0
 
 
@@ -305,9 +305,9 @@ def progress_summary(directory: str) -> list[str]:
     if storage.exists(data):
         q = History(json.loads(storage.read_bytes(data))).quality()
         if q:
-            lines.append(f"quality (SWD x1e3 on fixed reals, MLflow {QUALITY_KEY.replace('/', '.')}, lower is better): {q[0][1]:.1f} at "
-                         f"{q[0][0]:g} kimg -> {q[-1][1]:.1f} at {q[-1][0]:g} kimg")
-    return lines + [f"progress (quality and losses vs kimg, latest fakes): {png}"]
+            lines.append(f"  quality (SWD):     {q[0][1]:.1f} at {q[0][0]:g} kimg -> {q[-1][1]:.1f} at {q[-1][0]:g} kimg  "
+                         f"(x1e3 on fixed reals, lower is better; MLflow {QUALITY_KEY.replace('/', '.')})")
+    return lines + [f"  progress picture:  {png}  (quality and losses vs kimg, latest fakes)"]
 
 
 if __name__ == "__main__":

@@ -168,6 +168,9 @@ def test_readme_commands_work_as_written(home):
     assert lines[0].startswith("demo data: demo:emoji shards at 32x32"), text
     assert sum(line.startswith("tick ") for line in lines) == 2, text
     assert "latest checkpoint:" in text and "fakes grid:" in text
+    # The quality curve: the metric at the first and last snapshot, and the picture beside the checkpoints.
+    assert any(line.startswith("  quality (SWD):") and "->" in line for line in lines), text
+    assert (home / "outputs" / "runs" / "demo-emoji32-t" / "progress.png").read_bytes()[:4] == b"\x89PNG"
     for noise in ("RayTrainWorker", "TrainController", "Reporting training result", "Execution plan",
                   "Failed to query", "PlacementGroupCleaner", "Traceback"):
         assert noise not in text, f"{noise!r} in the embedded default's output:\n{text}"
