@@ -190,8 +190,9 @@ def test_readme_commands_work_as_written(home):
     assert "stylegan3-emoji-t" in text and "3" in text.split("stylegan3-emoji-t", 1)[1].splitlines()[0]
     text = do("python -m pipeline.registry show stylegan3-emoji-t")
     assert "uri: models:/stylegan3-emoji-t/3" in text, text
-    do("python -m pipeline.generate --model models:/stylegan3-emoji-t@latest --seeds 0-15 --outdir out/ "
-       "--grid out/grid.png")
+    text = do("python -m pipeline.generate --model models:/stylegan3-emoji-t@latest --seeds 0-15 --outdir out/ "
+              "--grid out/grid.png")
+    assert "Warning" not in text and "Downloading artifacts" not in text, text  # our lines only
     assert len(list((home / "out").glob("seed00*.png"))) == 16 and (home / "out" / "grid.png").is_file()
     do("python -m pipeline.generate --model models:/stylegan3-emoji-t@latest --video rotate --seeds 0 --outdir out/")
     assert (home / "out" / "rotate-seed0.mp4").stat().st_size > 0
