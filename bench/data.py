@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--cache", default=".cache/bench-data", help="where the shards are built")
     args = parser.parse_args()
 
-    # Keep Ray on loopback and without token auth (PLATFORM.md); set before Ray reads them.
+    # Keep Ray on loopback and without token auth (docs/platform.md "Ray"); set before Ray reads them.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

@@ -439,7 +439,7 @@ def parse_args(argv=None):
         a.res, a.batch, a.channels_div, a.dry_size, a.warmup, a.iters, a.steps = 16, 2, 128, 12, 0, 1, 1
         a.train_batch = 4  # the smallest batch D's minibatch-std group (4) allows
         a.g_seeds, a.tests_s, a.after_tests_s, a.reserve_s, a.min_step_s = 1, 60, 20, 5, 5
-        # Two synthesis layers on a small canvas: the interpreter runs ~0.1 ms per op per program (PLATFORM.md).
+        # Two synthesis layers on a small canvas: the interpreter runs ~0.1 ms per op per program (docs/platform.md "Triton interpreter").
         a.model_overrides = {"channel_base": 256, "channel_max": 8, "num_layers": 2, "num_critical": 1,
                              "margin_size": 2}
         a.train_model = {"cbase": 256, "cmax": 8}
@@ -459,7 +459,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     budget = Budget(a.budget_s)
     if a.dry:
-        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported (PLATFORM.md)
+        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported (docs/platform.md "Triton interpreter")
     sys.path.insert(0, str(ROOT))
     stubbed = _stub_missing_safetensors()
     import torch

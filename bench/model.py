@@ -10,9 +10,9 @@ Baselines, run in the same command (--baseline, on CPU by default 'before'):
   ops.CPU_PROCESS_ENV): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
 - 'naive': like 'before', but upfirdn2d computed the direct way -- zero-insert, pad, one depthwise convolution
   at the full upsampled rate, then keep every `down`-th sample -- in both directions. That is how a
-  straightforward reference implementation of the op works (the official code's CPU path among them: spec §i).
+  straightforward reference implementation of the op works (the official code's CPU path among them: docs/algorithm.md "Official code on CPU").
 Every formulation computes the same networks (the output check is printed). The official code's own figures
-(spec §i, measured elsewhere) are printed beside them for orientation only.
+(docs/algorithm.md "Official code on CPU", measured elsewhere) are printed beside them for orientation only.
 
     python bench/model.py                      # 64x64, T, cbase 8192, cmax 512, batch 4, CPU
     python bench/model.py --preset stylegan3-r --repeats 5
@@ -39,7 +39,7 @@ from ops import CPU_PROCESS_ENV  # noqa: E402  (the worker process environment; 
 
 MEASURES = ["G_fwd", "G_fwd_bwd", "D_fwd", "D_fwd_bwd", "Gmain", "Dmain", "Dreg"]
 
-# Official code, CPU reference ops, 64x64, cbase 8192 / cmax 512, batch 4, median of 3 (spec §i).
+# Official code, CPU reference ops, 64x64, cbase 8192 / cmax 512, batch 4, median of 3 (docs/algorithm.md "Official code on CPU").
 SPEC_BASELINE = {
     "stylegan3-t": {"G_fwd": 8.76, "G_fwd_bwd": 19.07, "D_fwd": 0.10, "D_fwd_bwd": 0.31,
                     "Gmain": 18.71, "Dmain": 6.67, "Dreg": 0.91},
@@ -231,7 +231,7 @@ def main() -> None:
             line += f" {baseline['Gmain'] + baseline['Dmain'] + baseline['Dreg'] / 16:>10.2f}"
         print(line + "   (Gmain + Dmain + Dreg/16: one training step, lazy R1 amortised)")
     if baseline:
-        print(f"* official code, spec §i (measured elsewhere on a 2-core machine of this kind; peak RSS "
+        print(f"* official code, docs/algorithm.md 'Official code on CPU' (measured elsewhere on a 2-core machine of this kind; peak RSS "
               f"~{SPEC_BASELINE_PEAK_RSS_GB:.0f} GB over all measures)")
     if results:
         print(f"G params {results[0]['G_params']:,}  D params {results[0]['D_params']:,}")

@@ -1,4 +1,4 @@
-"""Throughput of the full training step (Gmain + Dmain + Dreg amortised over its interval of 16), spec §e.2.
+"""Throughput of the full training step (Gmain + Dmain + Dreg amortised over its interval of 16), docs/algorithm.md "Training phases".
 
     python bench/train.py                                   # CPU, 64x64, 1 and 2 workers (gloo processes)
     python bench/train.py --device cuda --res 256 --cbase 32768 --cmax 512 --batch 32 --workers 1

@@ -51,7 +51,7 @@ def build(preset: str, resolution: int, batch_size: int = DEFAULT_BATCH_SIZE,
 
 
 def set_input_transform(G: torch.nn.Module, tx: float = 0.0, ty: float = 0.0, angle: float = 0.0) -> None:
-    """Translate the generated image by (tx, ty) and rotate it by `angle` (radians), spec §b.2.
+    """Translate the generated image by (tx, ty) and rotate it by `angle` (radians), docs/algorithm.md "Input layer".
 
     tx, ty are in units of the image side (1.0 = the whole output width; a shift of k pixels is
     k / img_resolution). The buffer holds the *inverse* of the image-space transform

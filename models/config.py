@@ -1,11 +1,11 @@
 """Network configuration: frozen dataclasses shared by training, tuning, tracking and the network file.
 
 `GeneratorConfig` / `DiscriminatorConfig` hold exactly the constructor arguments of the networks
-(spec §a.3, §b.1, §b.6, §d, §e.1). `NetworkConfig` bundles both with the preset name; its `to_dict()`
+(docs/algorithm.md "Mapping network", "Synthesis schedule", "Configs T and R", "Discriminator", "Official training options"). `NetworkConfig` bundles both with the preset name; its `to_dict()`
 is JSON-safe and is what MLflow logs and what `models.save_network` stores next to the weights.
 
 Channel numbers in `GeneratorConfig` are the values the generator really uses, i.e. *after* config
-R's doubling (spec §b.6); `build_config` takes them *before* the doubling, like train.py's
+R's doubling (docs/algorithm.md "Configs T and R"); `build_config` takes them *before* the doubling, like train.py's
 `--cbase/--cmax`.
 """
 
@@ -17,13 +17,13 @@ from typing import Any, Optional
 
 PRESETS = ("stylegan3-t", "stylegan3-r")
 
-# train.py's default batch; it sets G's magnitude-EMA decay from the batch size (spec §e.1).
+# train.py's default batch; it sets G's magnitude-EMA decay from the batch size (docs/algorithm.md "Official training options").
 DEFAULT_BATCH_SIZE = 32
 
 
 def magnitude_ema_beta_for_batch(batch_size: int) -> float:
     """Decay of the synthesis layers' magnitude EMA that train.py uses for a given total batch
-    (spec §0, §e.1): `0.5 ** (batch / 20000)`, i.e. a half-life of 20k images."""
+    (docs/algorithm.md "StyleGAN3 training at a glance", "Official training options"): `0.5 ** (batch / 20000)`, i.e. a half-life of 20k images."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     return 0.5 ** (batch_size / 20000)
@@ -36,7 +36,7 @@ def _check_resolution(resolution: int) -> None:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """StyleGAN3 generator hyper-parameters (spec §a.3, §b.1, §b.6)."""
+    """StyleGAN3 generator hyper-parameters (docs/algorithm.md "Mapping network", "Synthesis schedule", "Configs T and R")."""
 
     img_resolution: int = 256            # output side length in pixels (power of two)
     img_channels: int = 3                # 1 (grey), 3 (RGB) or 4 (RGBA)
@@ -90,7 +90,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """StyleGAN2 residual discriminator hyper-parameters (spec §d)."""
+    """StyleGAN2 residual discriminator hyper-parameters (docs/algorithm.md "Discriminator")."""
 
     img_resolution: int = 256
     img_channels: int = 3
@@ -163,7 +163,7 @@ _BOTH = {"c_dim", "img_channels", "conv_clamp", "num_fp16_res", "channel_base", 
 
 def build_config(preset: str, resolution: int, batch_size: int = DEFAULT_BATCH_SIZE,
                  **overrides: Any) -> NetworkConfig:
-    """Network description for a preset, as train.py sets it (spec §e.1).
+    """Network description for a preset, as train.py sets it (docs/algorithm.md "Official training options").
 
     preset: "stylegan3-t" | "stylegan3-r". resolution: output side in pixels.
     batch_size: total batch; sets magnitude_ema_beta = 0.5 ** (batch/20000) unless overridden.

@@ -1,5 +1,5 @@
 """StyleGAN2 residual discriminator with minibatch standard deviation and conditional projection
-(spec §d). Names follow the official layout: `b{res}.fromrgb|conv0|conv1|skip`, `b4.conv|fc|out`,
+(docs/algorithm.md "Discriminator"). Names follow the official layout: `b{res}.fromrgb|conv0|conv1|skip`, `b4.conv|fc|out`,
 `mapping.embed|fc0..fc7`.
 """
 
@@ -20,7 +20,7 @@ class ConditionMapping(nn.Module):
     """StyleGAN2 mapping network as D uses it (z_dim 0): c [N, c_dim] -> cmap [N, cmap_dim] float32.
 
     embed (FC c_dim -> cmap_dim, linear) + 2nd-moment normalisation, then `num_layers` lrelu FC layers
-    with lr multiplier 0.01. No w_avg, no broadcast (spec §d step 5).
+    with lr multiplier 0.01. No w_avg, no broadcast (docs/algorithm.md "Discriminator" step 5).
     """
 
     def __init__(self, c_dim: int, cmap_dim: int, num_layers: int = 8, lr_multiplier: float = 0.01):
@@ -47,7 +47,7 @@ class DiscriminatorBlock(nn.Module):
                  img_channels: int, use_fp16: bool, conv_clamp: Optional[float], first_layer_idx: int = 0,
                  freeze_layers: int = 0):
         """first_layer_idx: how many conv layers the blocks before this one hold; layers whose index (in the
-        order fromrgb, conv0, conv1, skip) is below `freeze_layers` are frozen (spec §d)."""
+        order fromrgb, conv0, conv1, skip) is below `freeze_layers` are frozen (docs/algorithm.md "Discriminator")."""
         super().__init__()
         self.in_channels = in_channels
         self.resolution = resolution
@@ -76,7 +76,7 @@ class DiscriminatorBlock(nn.Module):
             x = self.fromrgb(img.to(dtype))
         else:
             x = x.to(dtype)
-        # Residual with both branches scaled by sqrt(0.5) to keep unit variance (spec §d).
+        # Residual with both branches scaled by sqrt(0.5) to keep unit variance (docs/algorithm.md "Discriminator").
         y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv0(x)
         x = self.conv1(x, gain=math.sqrt(0.5))
@@ -87,7 +87,7 @@ class DiscriminatorBlock(nn.Module):
 
 
 def minibatch_std(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
-    """Append minibatch-std features (spec §d step 1): [N, C, H, W] -> [N, C + num_channels, H, W].
+    """Append minibatch-std features (docs/algorithm.md "Discriminator" step 1): [N, C, H, W] -> [N, C + num_channels, H, W].
 
     Groups are *strided*: with G = min(group_size, N), sample n belongs to group n mod (N/G).
     """

@@ -1,4 +1,4 @@
-"""Low-pass filter design for the synthesis layers (spec §b.5).
+"""Low-pass filter design for the synthesis layers (docs/algorithm.md "Filter design").
 
 Separable filters are windowed sincs (`scipy.signal.firwin` with a Kaiser window); config R's
 non-critical down filters are radially symmetric: a jinc windowed by the outer product of two
@@ -19,7 +19,7 @@ def kaiser_beta_for(numtaps: int, width: float, fs: float) -> float:
     """Kaiser window beta for a transition band of `width` (same units as `fs`) and `numtaps` taps.
 
     Attenuation `A = 2.285*(numtaps-1)*pi*(width/(fs/2)) + 7.95` dB, then Kaiser's empirical beta
-    (spec §b.5; the same formulas `scipy.signal.kaiser_atten`/`kaiser_beta` implement).
+    (docs/algorithm.md "Filter design"; the same formulas `scipy.signal.kaiser_atten`/`kaiser_beta` implement).
     """
     atten = scipy.signal.kaiser_atten(numtaps, width / (fs / 2))
     return float(scipy.signal.kaiser_beta(atten))

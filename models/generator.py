@@ -1,8 +1,8 @@
 """StyleGAN3 generator (configs T and R): mapping network, Fourier-feature input, alias-free
-synthesis layers and ToRGB (spec §a.3, §b).
+synthesis layers and ToRGB (docs/algorithm.md "Mapping network", "Synthesis network").
 
 Module and attribute names follow the official layout so that state_dict keys, shapes and order
-are identical (spec §g.4, Appendix A).
+are identical (docs/algorithm.md "Generator state_dict order").
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from . import winograd
 
 
 # --------------------------------------------------------------------------------------------------
-# Mapping network (spec §a.3)
+# Mapping network (docs/algorithm.md "Mapping network")
 
 class MappingNetwork(nn.Module):
     """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim] float32.
@@ -78,11 +78,11 @@ class MappingNetwork(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Global schedule (spec §b.1)
+# Global schedule (docs/algorithm.md "Synthesis schedule")
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Static description of one synthesis layer L_i (spec §b.1)."""
+    """Static description of one synthesis layer L_i (docs/algorithm.md "Synthesis schedule")."""
 
     name: str
     in_channels: int
@@ -152,7 +152,7 @@ def synthesis_schedule(cfg: GeneratorConfig) -> Schedule:
         down_taps = cfg.filter_size * down if down > 1 and not is_torgb else 1
         in_size, out_size = int(sizes[prev]), int(sizes[idx])
         # Padding w.r.t. the upsampled image so that the output has exactly out_size samples; the
-        # "+ up" shifts to the symmetric (half-integer pixel centre) convention (spec §b.1).
+        # "+ up" shifts to the symmetric (half-integer pixel centre) convention (docs/algorithm.md "Synthesis schedule").
         pad_total = (out_size - 1) * down + 1 - (in_size + k - 1) * up + up_taps + down_taps - 2
         pad_lo = (pad_total + up) // 2
         pad_hi = pad_total - pad_lo
@@ -172,7 +172,7 @@ def synthesis_schedule(cfg: GeneratorConfig) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------------
-# Input layer (spec §b.2)
+# Input layer (docs/algorithm.md "Input layer")
 
 class SynthesisInput(nn.Module):
     """Fourier features: w [N, w_dim] -> [N, channels, size, size] float32.
@@ -189,7 +189,7 @@ class SynthesisInput(nn.Module):
         self.sampling_rate = sampling_rate
         self.bandwidth = bandwidth
 
-        # Random frequencies, uniform over the disc of radius `bandwidth` (spec §b.2; draw order
+        # Random frequencies, uniform over the disc of radius `bandwidth` (docs/algorithm.md "Input layer"; draw order
         # freqs, phases, weight, affine weight).
         freqs = torch.randn([channels, 2])
         radii = freqs.square().sum(dim=1, keepdim=True).sqrt()
@@ -244,11 +244,11 @@ class SynthesisInput(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Synthesis layer (spec §b.3, §b.4)
+# Synthesis layer (docs/algorithm.md "Synthesis layer", "Modulated convolution")
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, padding: int = 0,
                      demodulate: bool = True, input_gain: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample modulated convolution (spec §b.4).
+    """Per-sample modulated convolution (docs/algorithm.md "Modulated convolution").
 
     x: [N, I, H, W] (float32 or float16); weight: [O, I, k, k] float32; styles: [N, I] float32;
     input_gain: scalar tensor multiplied into the weights after demodulation.
@@ -347,7 +347,7 @@ class SynthesisLayer(nn.Module):
         if self.is_torgb:
             styles = styles * self.torgb_weight_gain
 
-        # fp16 only on CUDA (spec §e.6); styles, demodulation and EMA statistics stay fp32.
+        # fp16 only on CUDA (docs/algorithm.md "Mixed precision"); styles, demodulation and EMA statistics stay fp32.
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
         x = modulated_conv2d(x.to(dtype), self.weight, styles, padding=self.conv_kernel - 1,
                              demodulate=not self.is_torgb, input_gain=input_gain)
@@ -412,7 +412,7 @@ class Generator(nn.Module):
         self.w_dim = cfg.w_dim
         self.img_resolution = cfg.img_resolution
         self.img_channels = cfg.img_channels
-        # Synthesis first: the official state_dict lists synthesis before mapping (spec §g.4).
+        # Synthesis first: the official state_dict lists synthesis before mapping (docs/algorithm.md "Generator state_dict order").
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, self.num_ws, num_layers=cfg.map_depth,

@@ -1,6 +1,6 @@
 """Building blocks shared by the generator and the discriminator.
 
-Equalised learning rate (spec §a.1, §a.2): weights are stored unscaled and multiplied by a constant
+Equalised learning rate (docs/algorithm.md "Equalised learning rate"): weights are stored unscaled and multiplied by a constant
 gain at run time, so that Adam's step size is the same for every layer.
 """
 
@@ -18,17 +18,17 @@ from ops import bias_act, downsample2d, setup_filter, upfirdn2d
 from . import winograd
 
 # StyleGAN2's resampling filter: outer product of [1,3,3,1], normalised to sum 1 -> [4, 4] float32
-# (spec §c.2, §d). Computed once at import so that networks can also be built on the meta device.
+# (docs/algorithm.md "Op: upfirdn2d", "Discriminator"). Computed once at import so that networks can also be built on the meta device.
 RESAMPLE_FILTER = setup_filter([1, 3, 3, 1])
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    """`x * rsqrt(mean(x^2, dim) + eps)` (spec §a.3 step 1), computed in the dtype of x."""
+    """`x * rsqrt(mean(x^2, dim) + eps)` (docs/algorithm.md "Mapping network" step 1), computed in the dtype of x."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
 class FullyConnectedLayer(nn.Module):
-    """Equalised-lr FC layer (spec §a.1).
+    """Equalised-lr FC layer (docs/algorithm.md "Equalised learning rate").
 
     Stored weight `[out, in]` ~ N(0,1)*weight_init/lr_multiplier, bias `[out]` = bias_init/lr_multiplier.
     Forward: `act(x @ (W*lrm/sqrt(in)).T + b*lrm)` with bias_act's default gain for `activation`
@@ -70,7 +70,7 @@ class FullyConnectedLayer(nn.Module):
 
 
 class Conv2dLayer(nn.Module):
-    """Discriminator convolution (spec §d, §c.4): equalised lr, optional down-by-2 with the [1,3,3,1]
+    """Discriminator convolution (docs/algorithm.md "Discriminator", "Resampling convolutions"): equalised lr, optional down-by-2 with the [1,3,3,1]
     filter, bias + activation + gain + clamp via bias_act.
 
     x: `[N, in, H, W]` -> `[N, out, H/down, W/down]` (same dtype as x).
@@ -79,7 +79,7 @@ class Conv2dLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", down: int = 1, conv_clamp: Optional[float] = None,
                  trainable: bool = True):
-        """trainable False: weight and bias are buffers, not parameters (a frozen layer, --freezed, spec §d):
+        """trainable False: weight and bias are buffers, not parameters (a frozen layer, --freezed, docs/algorithm.md "Discriminator"):
         no optimizer sees them; the state_dict keys are the same."""
         super().__init__()
         assert down in (1, 2)
@@ -113,12 +113,12 @@ class Conv2dLayer(nn.Module):
             if self.down == 1:
                 x = torch.nn.functional.conv2d(x, w, padding=self.padding)
             elif self.kernel_size == 1:
-                # 1x1 down-by-2 (skip path): low-pass + decimate first, then the cheap 1x1 conv (§c.4).
+                # 1x1 down-by-2 (skip path): low-pass + decimate first, then the cheap 1x1 conv (docs/algorithm.md "Resampling convolutions").
                 x = downsample2d(x, f, down=2)
                 x = torch.nn.functional.conv2d(x, w)
             else:
                 # kxk down-by-2: low-pass without decimation (padding keeps the alignment), then a
-                # stride-2 valid conv (§c.4). Output size H/2 needs p = (fw - down + k - 1) / 2 per side,
+                # stride-2 valid conv (docs/algorithm.md "Resampling convolutions"). Output size H/2 needs p = (fw - down + k - 1) / 2 per side,
                 # i.e. 2 for the 4-tap filter and k = 3.
                 p = (f.shape[-1] - self.down + self.kernel_size - 1) // 2
                 x = upfirdn2d(x, f, padding=[p, p, p, p])

@@ -6,7 +6,7 @@ Our format (one file, conventionally `*.safetensors`):
               "config" = NetworkConfig.to_dict() as JSON, "modules" = JSON list of saved module names,
               "extra" = JSON of the caller's `extra` dict (e.g. kimg, training options).
 
-Official pickles (`network-snapshot-*.pkl`, NVIDIA's released `stylegan3-*.pkl`, spec §g) are read
+Official pickles (`network-snapshot-*.pkl`, NVIDIA's released `stylegan3-*.pkl`, docs/algorithm.md "Network pickles") are read
 without running any code from them: a restricted unpickler allows only the globals a snapshot
 needs, turns each persistent-object record into an inert stub (the embedded source text is never
 executed), parses each tensor storage blob itself instead of calling torch.load, and we rebuild
@@ -169,7 +169,7 @@ def _load_state_dict_checked(module: torch.nn.Module, sd: dict, where: str) -> N
 
 
 # --------------------------------------------------------------------------------------------------
-# Official pickles (spec §g)
+# Official pickles (docs/algorithm.md "Network pickles")
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_LEGACY_PROTOCOL = 1001
@@ -332,7 +332,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(
                 f"found {module}.{name}: this is a TensorFlow-era StyleGAN pickle, which is not supported")
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: not in the allow-list of "
-                                     f"an official StyleGAN3 network pickle (spec §g.3)")
+                                     f"an official StyleGAN3 network pickle (docs/algorithm.md 'Reading official pickles safely')")
 
     def persistent_load(self, pid: Any):
         raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80} in a network pickle")
@@ -371,7 +371,7 @@ def _generator_config_from_official(kw: dict, where: str) -> GeneratorConfig:
              map_depth=_take(mapping, "num_layers", 2),
              mapping_lr_multiplier=_take(mapping, "lr_multiplier", 0.01),
              w_avg_beta=_take(mapping, "w_avg_beta", 0.998))
-    # Official synthesis defaults (spec §b.1, §e.1) where the pickle does not record a value.
+    # Official synthesis defaults (docs/algorithm.md "Synthesis schedule", "Official training options") where the pickle does not record a value.
     official_defaults = dict(channel_base=32768, channel_max=512, num_layers=14, num_critical=2, first_cutoff=2,
                              first_stopband=2 ** 2.1, last_stopband_rel=2 ** 0.3, margin_size=10,
                              output_scale=0.25, num_fp16_res=4, conv_clamp=256, filter_size=6,

@@ -13,7 +13,7 @@ import torch
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
     """Generator output [N, C, H, W] float (≈[-1, 1]) -> uint8 [N, C, H, W] on the CPU.
 
-    `·127.5 + 128`, clamp, truncate: the official conversion (spec §h), equal to rounding.
+    `·127.5 + 128`, clamp, truncate: the official conversion (docs/algorithm.md "Dataset format"), equal to rounding.
     """
     return (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu()
 

@@ -1,6 +1,6 @@
 """The MLflow pyfunc form of a generator: our network file (safetensors + JSON config) behind a small wrapper.
 
-No pickled torch module and no `code_paths` (PLATFORM.md, MLflow): the model directory holds the network
+No pickled torch module and no `code_paths` (docs/platform.md "MLflow"): the model directory holds the network
 file as an artifact, and loading needs only this package installed.
 
 Input (a DataFrame, or JSON `{"dataframe_records": [...]}` when served):

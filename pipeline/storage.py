@@ -4,7 +4,7 @@ A URI is a local path (`/data/shards`, `./out`), `file:///data/shards`, or `s3:/
 S3 endpoint and credentials come from the standard AWS variables (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`/`AWS_REGION`).
 boto3 reads `AWS_ENDPOINT_URL` by itself; pyarrow does not, so `pyarrow_fs` passes it as
-`endpoint_override` (PLATFORM.md, "Ray Data + webdataset").
+`endpoint_override` (docs/platform.md "Ray Data and webdataset").
 
 Storage blips (a restarted S3 server, a network hiccup) do not fail a run: every boto3 call here retries
 connection errors and 5xx answers with backoff for OUTAGE_LIMIT_S seconds, then raises StorageError saying

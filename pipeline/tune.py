@@ -2,7 +2,7 @@
 
 Each trial is an ordinary `pipeline.train` run (same config, same TorchTrainer, same loop) with its own gamma,
 G and D learning rates, reporting the quality metric (default SWD, lower is better) at every snapshot; ASHA
-stops the trials that fall behind. Rule of thumb being searched (spec §e.8): gamma scales with resolution²,
+stops the trials that fall behind. Rule of thumb being searched (docs/algorithm.md "Recommended settings"): gamma scales with resolution²,
 2 at 256² — the default space is log-uniform from /8 to x8 around it.
 
     python -m pipeline.tune --data s3://bucket/ffhq256 --cfg stylegan3-t --num-samples 16 --kimg-per-trial 500 \\
@@ -123,7 +123,7 @@ def parse_space(text: str, flag: str = "value") -> Space:
 
 
 def default_spaces(resolution: int, cfg: str) -> dict[str, Space]:
-    """gamma log-uniform /8..x8 around 2·(res/256)² (0.5 at 128², 2 at 256², x4 per doubling, spec §e.8);
+    """gamma log-uniform /8..x8 around 2·(res/256)² (0.5 at 128², 2 at 256², x4 per doubling, docs/algorithm.md "Recommended settings");
     glr and dlr log-uniform /4..x4 around the preset's."""
     gamma = 2.0 * (resolution / 256) ** 2
     preset = PRESETS[cfg]
@@ -304,7 +304,7 @@ def check_cluster(sweep: Sweep) -> int:
                               f"launch) {gpus:g}; lower --workers-per-trial or add GPU nodes")
         fits = int(gpus // r.workers)
     else:
-        # Workers plus one Ray Data task must fit, or the trial waits forever (PLATFORM.md "CPU starvation").
+        # Workers plus one Ray Data task must fit, or the trial waits forever (docs/platform.md "CPU starvation").
         need = r.workers * r.cpus_per_worker + DATA_NUM_CPUS + TRIAL_CPU
         if need > cpus + 1e-9:
             raise ConfigError(f"--workers-per-trial {r.workers} x --cpus-per-worker {r.cpus_per_worker:g} (+ "

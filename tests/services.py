@@ -305,7 +305,7 @@ class S3Info:
 
 
 def start_seaweedfs(workdir: Path, ports: PortBlock | None = None) -> Server:
-    """`weed server` with master, volume, filer and S3 gateway on loopback (PLATFORM.md flags). The S3 gateway
+    """`weed server` with master, volume, filer and S3 gateway on loopback (flags: docs/platform.md "SeaweedFS (S3)"). The S3 gateway
     listens on `ports[0]`; with `ports` given (a restart on the same ports) it is tried there up to 3 times, else
     on fresh blocks (`start_with_retry`)."""
     if ports is None:
@@ -415,7 +415,7 @@ def _start_mlflow_server(workdir: Path, s3: S3Info, bucket: str, port: int) -> S
 
 
 def ray_env(tmpdir: Path) -> dict[str, str]:
-    """Environment every Ray process in the tests needs on these machines (PLATFORM.md, "Ray")."""
+    """Environment every Ray process in the tests needs on these machines (docs/platform.md "Ray")."""
     return {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep every daemon on 127.0.0.1
         "RAY_AUTH_MODE": "disabled",  # else a local ray.init() turns token auth on for later heads

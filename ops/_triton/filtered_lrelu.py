@@ -151,6 +151,7 @@ def _flrelu_kernel(
     A2Y: tl.constexpr, A2X: tl.constexpr, T2Y: tl.constexpr, T2X: tl.constexpr, R2: tl.constexpr,
     BOY: tl.constexpr, BOX: tl.constexpr, BTY: tl.constexpr, BTX: tl.constexpr,
     BMY: tl.constexpr, BMX: tl.constexpr,
+    PATCH1: tl.constexpr, PIY: tl.constexpr, PIX: tl.constexpr, POY: tl.constexpr, POX: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
     DOT: tl.constexpr, XF1: tl.constexpr, XF2: tl.constexpr,
 ):
@@ -194,32 +195,72 @@ def _flrelu_kernel(
 
     ky = tl.arange(0, BTY).to(tl.int64)
     kx = tl.arange(0, BTX).to(tl.int64)
-    my = m0y + tl.arange(0, BMY).to(tl.int64)
-    mx = m0x + tl.arange(0, BMX).to(tl.int64)
     oy = tl.arange(0, BOY).to(tl.int64)
     ox = tl.arange(0, BOX).to(tl.int64)
-
-    # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, spec §c.3 step 1)
     plane_in = pid_nc * in_h * in_w
-    in_mask = ((my >= 0) & (my < in_h))[:, None] & ((mx >= 0) & (mx < in_w))[None, :]
-    x = tl.load(in_ptr + plane_in + my[:, None] * in_w + mx[None, :], mask=in_mask, other=0.0).to(cdt)
-    if HAS_BIAS:
-        bval = tl.load(bias_ptr + pid_nc % C).to(cdt)
-        x = tl.where(in_mask, x + bval, 0.0)
 
-    # ---- stage 1: V = Σ_r Hy1_r · X · Hx1_rᵀ, Hy1[k, j] = h1y[m_j·A1 + c1 − (t0 + k)]
-    iy1 = (my * A1Y + c1y - t0y)[None, :] - ky[:, None]  # [BTY, BMY]
-    ix1 = (mx * A1X + c1x - t0x)[:, None] - kx[None, :]  # [BMX, BTX]
-    iy1_ok = (iy1 >= 0) & (iy1 < T1Y)
-    ix1_ok = (ix1 >= 0) & (ix1 < T1X)
-    v = tl.zeros((BTY, BTX), dtype=cdt)
-    for r in range(R1):
-        hy = tl.load(h1y_ptr + r * T1Y + iy1, mask=iy1_ok, other=0.0)
-        hxt = tl.load(h1x_ptr + r * T1X + ix1, mask=ix1_ok, other=0.0)
-        if XF1:  # x pass first: [BMY, BTX], then y
-            v += _filter_data(hy, _data_filter(x, hxt, DOT), DOT)
-        else:  # y pass first: [BTY, BMX], then x
-            v += _data_filter(_filter_data(hy, x, DOT), hxt, DOT)
+    if PATCH1:
+        # ---- stage 1 on overlapping input patches (polyphase by construction): the window is PY x PX patches of
+        # [POY, POX] upsampled samples; patch (a, b) reads the [PIY, PIX] inputs starting at m0 + (a, b)·PO/A1,
+        # which are all the inputs that reach it. The stage is shift-invariant from patch to patch, so one small
+        # Toeplitz matrix per axis, H[i, k] = h1[d0 + i·A1 − k] (d0 = m0·A1 + c1 − t0 ∈ [0, A1)), serves every
+        # patch: the dots contract over PI (16) inputs instead of the whole window.
+        PY: tl.constexpr = BTY // POY
+        PX: tl.constexpr = BTX // POX
+        SY: tl.constexpr = POY // A1Y
+        SX: tl.constexpr = POX // A1X
+        rows = m0y + (tl.arange(0, PY).to(tl.int64) * SY)[:, None] + tl.arange(0, PIY).to(tl.int64)[None, :]
+        cols = m0x + (tl.arange(0, PX).to(tl.int64) * SX)[:, None] + tl.arange(0, PIX).to(tl.int64)[None, :]
+        rows_ok = (rows >= 0) & (rows < in_h)
+        cols_ok = (cols >= 0) & (cols < in_w)
+        in_mask = rows_ok[:, :, None, None] & cols_ok[None, None, :, :]  # [PY, PIY, PX, PIX]
+        rows = tl.where(rows_ok, rows, 0)
+        cols = tl.where(cols_ok, cols, 0)
+        x = tl.load(in_ptr + plane_in + rows[:, :, None, None] * in_w + cols[None, None, :, :], mask=in_mask,
+                    other=0.0).to(cdt)
+        if HAS_BIAS:
+            bval = tl.load(bias_ptr + pid_nc % C).to(cdt)
+            x = tl.where(in_mask, x + bval, 0.0)
+        x2 = tl.reshape(x, (PY * PIY * PX, PIX))
+        d0y = m0y * A1Y + c1y - t0y
+        d0x = m0x * A1X + c1x - t0x
+        jy = d0y + (tl.arange(0, PIY).to(tl.int64) * A1Y)[:, None] - tl.arange(0, POY).to(tl.int64)[None, :]
+        jx = d0x + (tl.arange(0, PIX).to(tl.int64) * A1X)[:, None] - tl.arange(0, POX).to(tl.int64)[None, :]
+        jy_ok = (jy >= 0) & (jy < T1Y)
+        jx_ok = (jx >= 0) & (jx < T1X)
+        jy = tl.where(jy_ok, jy, 0)
+        jx = tl.where(jx_ok, jx, 0)
+        v4 = tl.zeros((PY * PX * POX, POY), dtype=cdt)
+        for r in range(R1):
+            hx = tl.load(h1x_ptr + r * T1X + jx, mask=jx_ok, other=0.0)  # [PIX, POX]
+            hy = tl.load(h1y_ptr + r * T1Y + jy, mask=jy_ok, other=0.0)  # [PIY, POY]
+            t = tl.reshape(_data_filter(x2, hx, DOT), (PY, PIY, PX, POX))  # x pass
+            t = tl.reshape(tl.permute(t, (0, 2, 3, 1)), (PY * PX * POX, PIY))
+            v4 += _data_filter(t, hy, DOT)  # y pass: [PY·PX·POX, POY]
+        v = tl.reshape(tl.permute(tl.reshape(v4, (PY, PX, POX, POY)), (0, 3, 1, 2)), (BTY, BTX))
+    else:
+        my = m0y + tl.arange(0, BMY).to(tl.int64)
+        mx = m0x + tl.arange(0, BMX).to(tl.int64)
+        # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, spec §c.3 step 1)
+        in_mask = ((my >= 0) & (my < in_h))[:, None] & ((mx >= 0) & (mx < in_w))[None, :]
+        x = tl.load(in_ptr + plane_in + my[:, None] * in_w + mx[None, :], mask=in_mask, other=0.0).to(cdt)
+        if HAS_BIAS:
+            bval = tl.load(bias_ptr + pid_nc % C).to(cdt)
+            x = tl.where(in_mask, x + bval, 0.0)
+
+        # ---- stage 1: V = Σ_r Hy1_r · X · Hx1_rᵀ, Hy1[k, j] = h1y[m_j·A1 + c1 − (t0 + k)]
+        iy1 = (my * A1Y + c1y - t0y)[None, :] - ky[:, None]  # [BTY, BMY]
+        ix1 = (mx * A1X + c1x - t0x)[:, None] - kx[None, :]  # [BMX, BTX]
+        iy1_ok = (iy1 >= 0) & (iy1 < T1Y)
+        ix1_ok = (ix1 >= 0) & (ix1 < T1X)
+        v = tl.zeros((BTY, BTX), dtype=cdt)
+        for r in range(R1):
+            hy = tl.load(h1y_ptr + r * T1Y + iy1, mask=iy1_ok, other=0.0)
+            hxt = tl.load(h1x_ptr + r * T1X + ix1, mask=ix1_ok, other=0.0)
+            if XF1:  # x pass first: [BMY, BTX], then y
+                v += _filter_data(hy, _data_filter(x, hxt, DOT), DOT)
+            else:  # y pass first: [BTY, BMX], then x
+                v += _data_filter(_filter_data(hy, x, DOT), hxt, DOT)
 
     # ---- nonlinearity at the upsampled rate
     ty = t0y + ky
@@ -336,16 +377,53 @@ def _axis_blocks(bo: int, a1: int, t1: int, a2: int, t2: int):
     return _pow2(bo), _pow2(bt), _pow2(bm)
 
 
-def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX):
+def _patch_inputs(a1: int, t1: int, po: int):
+    """Inputs per stage-1 patch (a power of two >= 16) that reach `po` consecutive upsampled samples (up `a1`, `t1`
+    taps), or None where patches do not pay (po not a multiple of a1, or a patch would read more than it makes)."""
+    if po % a1:
+        return None
+    pi = _pow2((po + t1 - 2) // a1 + 1)
+    return pi if pi <= po else None
+
+
+def _patch_plan(r1, a1y, t1y, a1x, t1x, BTY, BTX):
+    """Cheapest stage-1 patch shape (macs, PIY, PIX, POY, POX) for a [BTY, BTX] window, or None.
+
+    Per rank-1 term: an x pass [PY·PIY·PX, PIX] @ [PIX, POX], then a y pass [PY·PX·POX, PIY] @ [PIY, POY]."""
+    best = None
+    poy = 16
+    while poy <= BTY:
+        piy = _patch_inputs(a1y, t1y, poy)
+        pox = 16
+        while piy is not None and pox <= BTX:
+            pix = _patch_inputs(a1x, t1x, pox)
+            if pix is not None:
+                macs = r1 * (BTY // poy) * (BTX // pox) * piy * pox * (pix + poy)
+                if best is None or macs < best[0]:
+                    best = (macs, piy, pix, poy, pox)
+            pox *= 2
+        poy *= 2
+    return best
+
+
+def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay=None, ax=None):
     """Multiply-adds of one program's dots (padded shapes) and the cheaper pass order of each stage.
 
     Stage 1 maps the [BMY, BMX] input to the [BTY, BTX] window, stage 2 the window to the [BOY, BOX] outputs; per
-    rank-1 term each stage is an x pass and a y pass, in either order. Returns (macs, x_first_1, x_first_2)."""
+    rank-1 term each stage is an x pass and a y pass, in either order. Stage 1 runs on patches where that is
+    cheaper (``ay``/``ax`` = (a1, t1, a2, t2) per axis). Returns (macs, x_first_1, x_first_2, patch) with patch
+    None or (PIY, PIX, POY, POX)."""
     s1x = BMY * BMX * BTX + BTY * BMY * BTX
     s1y = BTY * BMY * BMX + BTY * BMX * BTX
     s2x = BTY * BTX * BOX + BOY * BTY * BOX
     s2y = BOY * BTY * BTX + BOY * BTX * BOX
-    return r1 * min(s1x, s1y) + r2 * min(s2x, s2y), s1x <= s1y, s2x <= s2y
+    s1 = r1 * min(s1x, s1y)
+    patch = None
+    if ay is not None:
+        pp = _patch_plan(r1, ay[0], ay[1], ax[0], ax[1], BTY, BTX)
+        if pp is not None and pp[0] < s1:
+            s1, patch = pp[0], pp[1:]
+    return s1 + r2 * min(s2x, s2y), s1x <= s1y, s2x <= s2y, patch
 
 
 # Largest upsampled-rate window per program on a GPU (elements). Up to 2048 (a [32, 64] fp32 window is 16 registers
@@ -378,10 +456,10 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_
                 break
             if not interpret and BTY * BTX > max_window and (by > 1 or bx > step_x):
                 continue
-            work, xf1, xf2 = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX)
+            work, xf1, xf2, patch = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay, ax)
             cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + 16 * BTY * BTX + overhead)
             if best is None or cost < best[0]:
-                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2)
+                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch)
     return best[1:]
 
 
@@ -439,7 +517,7 @@ class _Plan:
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
         max_window = _MAX_WINDOW if self.dot == _DOT_FP16 and r1 == 1 and r2 == 1 else _SMALL_WINDOW
-        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2 = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
+        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
                                                                          _interpreting(), max_window)
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
@@ -454,6 +532,8 @@ class _Plan:
             A1Y=p["a1"][0], A1X=p["a1"][1], T1Y=p["t1"][0], T1X=p["t1"][1], R1=r1,
             A2Y=p["a2"][0], A2X=p["a2"][1], T2Y=p["t2"][0], T2X=p["t2"][1], R2=r2,
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
+            PATCH1=patch is not None, PIY=patch[0] if patch else 16, PIX=patch[1] if patch else 16,
+            POY=patch[2] if patch else 16, POX=patch[3] if patch else 16,
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
             DOT=self.dot, XF1=xf1, XF2=xf2,
             num_warps=4 if BTY * BTX <= _SMALL_WINDOW else 16,
@@ -550,7 +630,11 @@ def launch_cost(p: dict, programs: int) -> dict:
         s1y = BTY * BMY * BMX + BTY * BMX * BTX
         s2x = BTY * BTX * BOX + BOY * BTY * BOX
         s2y = BOY * BTY * BTX + BOY * BTX * BOX
-        per_prog = passes * (r1 * (s1x if p["XF1"] else s1y) + r2 * (s2x if p["XF2"] else s2y))
+        s1 = s1x if p["XF1"] else s1y
+        if p.get("PATCH1"):
+            PIY, PIX, POY, POX = (p[k] for k in ("PIY", "PIX", "POY", "POX"))
+            s1 = (BTY // POY) * (BTX // POX) * PIY * POX * (PIX + POY)
+        per_prog = passes * (r1 * s1 + r2 * (s2x if p["XF2"] else s2y))
     else:
         per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
     inp, out = p["in_ptr"], p["out_ptr"]
@@ -558,7 +642,10 @@ def launch_cost(p: dict, programs: int) -> dict:
     if p["MODE"] != _MODE_ACT:
         code_bytes = out.shape[0] * out.shape[1] * p["code_h"] * p["code_stride"]
     dram = inp.numel() * esz_in + out.numel() * esz_out + code_bytes
-    tile = programs * (BMY * BMX * esz_in + (BTY * BTX // 4 if p["MODE"] != _MODE_ACT else 0)) \
+    in_tile = BMY * BMX
+    if p.get("PATCH1"):
+        in_tile = (BTY // p["POY"]) * p["PIY"] * (BTX // p["POX"]) * p["PIX"]
+    tile = programs * (in_tile * esz_in + (BTY * BTX // 4 if p["MODE"] != _MODE_ACT else 0)) \
         + out.numel() * esz_out
     return {"macs": {unit: programs * per_prog}, "dram_bytes": dram, "tile_bytes": tile}
 

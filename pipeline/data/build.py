@@ -165,7 +165,7 @@ def _labels_for(source: Source, names: list[str], mode: str) -> tuple[dict, dict
 def _label_distribution(labels: dict, names: list[str], skipped: set, kind: str, dim: int) -> dict:
     """How often each label occurs among the images written to the shards: {"counts": [n per class]} for class
     labels, {"values": [distinct vectors], "counts": [n per vector]} for vector labels. Training draws the labels
-    of its fakes from it (the labels of random training images, spec §e.2)."""
+    of its fakes from it (the labels of random training images, docs/algorithm.md "Training phases")."""
     used = [labels[n] for n in names if n in labels and n not in skipped]
     if kind == "class":
         counts = Counter(int(v) for v in used)

@@ -1,5 +1,5 @@
 """Per-image work shared by the builder and the reader: channel conversion, the official geometric
-transforms (spec §h), PNG encode and the batch decode used inside Ray Data.
+transforms (docs/algorithm.md "Dataset format"), PNG encode and the batch decode used inside Ray Data.
 
 Images travel as numpy uint8 arrays: HWC while being built, CHW (`[C, H, W]`) once decoded for training.
 """
@@ -11,7 +11,7 @@ import io
 import numpy as np
 import PIL.Image
 
-# Extensions PIL can open, as the official loader accepts "all files with a PIL image extension" (spec §h).
+# Extensions PIL can open, as the official loader accepts "all files with a PIL image extension" (docs/algorithm.md "Dataset format").
 PIL.Image.init()
 IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in PIL.Image.EXTENSION)
 
@@ -60,7 +60,7 @@ def to_channels(img: PIL.Image.Image, channels: int) -> PIL.Image.Image:
 
 
 def transform_image(img: PIL.Image.Image, transform: str, width: int | None, height: int | None):
-    """Apply the official dataset-tool transform (spec §h); returns a PIL image, or a reason string when
+    """Apply the official dataset-tool transform (docs/algorithm.md "Dataset format"); returns a PIL image, or a reason string when
     the image must be dropped.
 
     - "none": resize to width x height with LANCZOS when a resolution is given (aspect ratio not kept),

@@ -29,7 +29,7 @@ from pipeline.data.images import decode_png_into
 from pipeline.data.manifest import DatasetInfo, check_info, dataset_info
 
 # Ray Data CPU reservation per read+decode task: four fit on one core, so Ray Train workers (which hold
-# whole or half CPUs) never starve the input pipeline on a small node (PLATFORM.md, "CPU starvation").
+# whole or half CPUs) never starve the input pipeline on a small node (docs/platform.md "CPU starvation").
 DATA_NUM_CPUS = 0.25
 # Distinct corrupt samples tolerated by default (`corrupt_budget`): 1% of the set, at least one sample.
 DEFAULT_MAX_CORRUPT = 0.01
@@ -155,7 +155,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
 
     Samples already known to `counter` as corrupt are dropped undecoded; samples whose PNG or label cannot be
     parsed are dropped and reported to it (each (shard, key) is counted once per run). With `mirror` every
-    image is emitted twice, as is and x-flipped (spec §h: --mirror doubles the data set)."""
+    image is emitted twice, as is and x-flipped (docs/algorithm.md "Dataset format": --mirror doubles the data set)."""
     import ray
 
     pngs = batch["png"] if "png" in batch else np.empty(0, dtype=object)
@@ -183,7 +183,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, resolution: int, channels: in
                     k = int(bytes(batch["cls"][i]).decode())
                     if not 0 <= k < c_dim:
                         raise ValueError(f"class {k} outside [0, {c_dim})")
-                    out_c[i, k] = 1.0  # one-hot, as the official loader (spec §h)
+                    out_c[i, k] = 1.0  # one-hot, as the official loader (docs/algorithm.md "Dataset format")
                 else:
                     vec = json.loads(bytes(batch["json"][i]))
                     out_c[i] = np.asarray(vec, dtype=np.float32).reshape(c_dim)

@@ -108,7 +108,7 @@ def _list_zip(spec: SourceSpec) -> Source:
 
 
 def _parse_dataset_json(data: bytes, where: str) -> dict | None:
-    """Parse an official dataset.json (spec §h): {"labels": [[name, label], ...]} or {"labels": null}.
+    """Parse an official dataset.json (docs/algorithm.md "Dataset format"): {"labels": [[name, label], ...]} or {"labels": null}.
     Returns {name: label} (name with '/' separators) or None for null labels."""
     try:
         doc = json.loads(data)

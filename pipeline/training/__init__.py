@@ -2,5 +2,5 @@
 
 Plain-process parts (no Ray needed): `config`, `loss`, `ema`, `loop.Trainer` (one training step),
 `checkpoint`. Ray parts: `loop.train_loop_per_worker` (what each Ray Train worker runs) and
-`trainer.build_trainer` / `trainer.fit` (the driver side). Spec §e.
+`trainer.build_trainer` / `trainer.fit` (the driver side). docs/algorithm.md "Training".
 """

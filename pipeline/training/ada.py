@@ -1,7 +1,7 @@
-"""Adaptive augmentation probability controller, spec §e.5 (ADA paper §2.3, heuristic r_t).
+"""Adaptive augmentation probability controller, docs/algorithm.md "ADA" (ADA paper §2.3, heuristic r_t).
 
 The overfitting heuristic is ``r_t = E[sign(D(real))]``, accumulated over the real-image passes of
-the Dmain and Dreg phases (spec §e.3, ``Loss/signs/real``). Every ``interval`` iterations::
+the Dmain and Dreg phases (docs/algorithm.md "Loss", ``Loss/signs/real``). Every ``interval`` iterations::
 
     p <- max(p + sign(mean(signs) - target) · batch · interval / (ada_kimg · 1000), 0)
 
@@ -41,7 +41,7 @@ class AdaController:
         target: ADA target value of E[sign(real logits)] (``--target``, 0.6).
         interval: iterations between adjustments (4).
         ada_kimg: thousands of real images over which p may move by 1 (500; 100 when
-            fine-tuning from ``--resume``, spec §e.1).
+            fine-tuning from ``--resume``, docs/algorithm.md "Official training options").
         initial_p: starting p for ``mode="ada"`` (0).
         pipe: the AugmentPipe to drive; default ``AugmentPipe.bgc()`` for ada/fixed.
     """

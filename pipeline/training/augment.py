@@ -1,7 +1,7 @@
-"""Differentiable adaptive discriminator augmentation ("ADA") pipeline, spec §e.5.
+"""Differentiable adaptive discriminator augmentation ("ADA") pipeline, docs/algorithm.md "ADA".
 
 Written from Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data",
-Appendix B, and the project spec. The "bgc" preset is the pipeline StyleGAN3's train.py uses:
+Appendix B, and docs/algorithm.md "ADA". The "bgc" preset is the pipeline StyleGAN3's train.py uses:
 pixel blitting (x-flip, 90° rotations, integer translation), general geometric transforms
 (isotropic scale, pre/post rotation, anisotropic scale, fractional translation) and colour
 transforms (brightness, contrast, luma flip, hue rotation, saturation).
@@ -19,7 +19,7 @@ How one call works (shapes for ``images [N, C, H, W]``):
    the reflect-padded image through the composed matrix, and it makes the blits lossless (sym6 is
    not symmetric, so a mirrored upsampled image is not the upsampled mirror image). The resampling
    pass always runs, also at p = 0, where it is the identity to ~1e-5 because sym6 is an orthogonal
-   wavelet: downsampling with its low-pass filter undoes upsampling with it (spec §e.5).
+   wavelet: downsampling with its low-pass filter undoes upsampling with it (docs/algorithm.md "ADA").
 3. Colour transforms are composed into one per-sample 4×4 homogeneous matrix on RGB (luma axis
    ``v = [1, 1, 1] / sqrt(3)``) and applied to every pixel.
 
@@ -119,7 +119,7 @@ def _reflect_index(idx: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class AugmentPipe(nn.Module):
-    """ADA augmentation pipeline (spec §e.5; ADA paper Appendix B).
+    """ADA augmentation pipeline (docs/algorithm.md "ADA"; ADA paper Appendix B).
 
     Every multiplier scales the probability ``p`` with which that transform is applied to each
     sample (0 disables it; 1 = applied with probability ``p``). The strength arguments are the
@@ -173,7 +173,7 @@ class AugmentPipe(nn.Module):
 
     @classmethod
     def bgc(cls, **overrides) -> "AugmentPipe":
-        """The "bgc" preset of train.py (spec §e.1): every blit, geometric and colour transform
+        """The "bgc" preset of train.py (docs/algorithm.md "Official training options"): every blit, geometric and colour transform
         with multiplier 1."""
         kwargs = {name: 1 for name in _TRANSFORMS}
         kwargs.update(overrides)
@@ -204,7 +204,7 @@ class AugmentPipe(nn.Module):
                              f"got C={C} in images of shape {tuple(images.shape)}")
         if not images.is_floating_point():
             raise ValueError(f"AugmentPipe expects floating point images, got {images.dtype}; "
-                             f"convert uint8 with x.float() / 127.5 - 1 (spec §e.7)")
+                             f"convert uint8 with x.float() / 127.5 - 1 (docs/algorithm.md 'Data feed')")
         device = images.device
         # Parameters are drawn and matrices composed in float64 so the composed transforms are
         # exact to far below the ~1e-5 float32 identity error of the resampling pass.

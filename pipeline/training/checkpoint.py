@@ -86,7 +86,7 @@ def restore(trainer, directory: str | os.PathLike) -> None:
 def load_weights(trainer, source: str) -> None:
     """--resume SOURCE: start a NEW run from the weights of any network source of
     pipeline.registry.fetch_network (models:/NAME@ALIAS, a checkpoint directory, a .safetensors file,
-    an official .pkl; local or s3://). Counters, optimizers and ADA p start fresh (spec §e.1)."""
+    an official .pkl; local or s3://). Counters, optimizers and ADA p start fresh (docs/algorithm.md "Official training options")."""
     from pipeline.registry import fetch_network
 
     with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:

@@ -1,12 +1,12 @@
-"""The whole description of a training run as frozen dataclasses (spec §e.1).
+"""The whole description of a training run as frozen dataclasses (docs/algorithm.md "Official training options").
 
 `TrainConfig` is what the CLI builds, what every Ray Train worker receives (as `to_dict()`), what a
 checkpoint stores and what MLflow logs (`flatten()`). Presets are plain tables (`PRESETS`).
 Values left as None are derived by `TrainConfig.resolved()` from the batch size, the resolution and
-`--resume`, exactly as the official train.py derives them (spec §e.1):
+`--resume`, exactly as the official train.py derives them (docs/algorithm.md "Official training options"):
 
 - ema_kimg = batch·10/32, blur_fade_kimg = batch·200/32 (R only; T has no blur),
-- gamma = 2·(res/256)² (the rule of thumb of spec §e.8: γ ∝ res², 2 at 256²) when not given,
+- gamma = 2·(res/256)² (the rule of thumb, γ ∝ res², 2 at 256²: docs/algorithm.md "Recommended settings") when not given,
 - --resume: ada_kimg 100, no EMA ramp-up, blur_init_sigma 0.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # spec §e.1: what train.py sets for each --cfg.
+    # docs/algorithm.md "Official training options": what train.py sets for each --cfg.
     "stylegan3-t": {"glr": 0.0025, "dlr": 0.002, "map_depth": 2, "blur_init_sigma": 0.0},
     "stylegan3-r": {"glr": 0.0025, "dlr": 0.002, "map_depth": 2, "blur_init_sigma": 10.0},
 }
@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     cfg: str = "stylegan3-t"  # architecture preset: stylegan3-t (translation eq.) | stylegan3-r (rotation eq.)
     resolution: int | None = None  # output resolution in px (square, power of 2); None = the dataset's
-    cbase: int = 32768  # channel base; channels at a layer = min(cbase / size, cmax) (R doubles both, spec e.1)
+    cbase: int = 32768  # channel base; channels at a layer = min(cbase / size, cmax) (R doubles both, docs/algorithm.md "Official training options")
     cmax: int = 512  # channel maximum
     map_depth: int = 2  # mapping-network layers (StyleGAN3: 2)
     mbstd_group: int = 4  # minibatch-std group size of D; per-worker chunks must be multiples of it
@@ -53,12 +53,12 @@ class OptimConfig:
     beta1: float = 0.0  # Adam beta1 for both nets
     beta2: float = 0.99  # Adam beta2 for both nets
     eps: float = 1e-8  # Adam epsilon
-    d_reg_interval: int = 16  # lazy R1 every this many steps (spec e.2); lr and betas adjusted accordingly
+    d_reg_interval: int = 16  # lazy R1 every this many steps (docs/algorithm.md "Training phases"); lr and betas adjusted accordingly
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    gamma: float | None = None  # R1 weight; None = 2·(res/256)² (spec e.8 rule of thumb)
+    gamma: float | None = None  # R1 weight; None = 2·(res/256)² (rule of thumb: docs/algorithm.md "Recommended settings")
     blur_init_sigma: float | None = None  # D-input blur at step 0, px (half width at half max); None = preset
     blur_fade_kimg: float | None = None  # blur fades linearly to 0 over this many kimg; None = batch·200/32
 
@@ -190,7 +190,7 @@ class TrainConfig:
         gamma = l.gamma if l.gamma is not None else 2.0 * (res / 256) ** 2
         blur_init = l.blur_init_sigma if l.blur_init_sigma is not None else preset["blur_init_sigma"]
         if resumed:
-            blur_init = 0.0  # spec e.1: fine-tuning starts without D blur
+            blur_init = 0.0  # docs/algorithm.md "Official training options": fine-tuning starts without D blur
         blur_fade = l.blur_fade_kimg if l.blur_fade_kimg is not None else s.batch * 200 / 32
         ema_kimg = s.ema_kimg if s.ema_kimg is not None else s.batch * 10 / 32
         ema_rampup = None if resumed else s.ema_rampup

@@ -1,4 +1,4 @@
-"""Exponential moving average of the generator's weights (spec §e.4)."""
+"""Exponential moving average of the generator's weights (docs/algorithm.md "Generator EMA")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 
 def ema_beta(batch: int, ema_kimg: float, cur_nimg: int, ema_rampup: float | None) -> float:
-    """EMA decay for one step of `batch` images (spec §e.4).
+    """EMA decay for one step of `batch` images (docs/algorithm.md "Generator EMA").
 
     ema_nimg = ema_kimg·1000, capped at cur_nimg·ema_rampup while ramping up (rampup None = no cap);
     β = 0.5^(batch / max(ema_nimg, 1e-8)), i.e. the EMA half-life is ema_nimg images.

@@ -1,7 +1,7 @@
 """One worker's training: the step (all loss phases, gradient averaging, EMA, ADA) and the Ray Train loop.
 
 `Trainer` holds one worker's state and runs one training step on a batch of reals; it needs no Ray
-and works with or without `torch.distributed` (spec §e.2 – §e.5). `train_loop_per_worker` is what each
+and works with or without `torch.distributed` (docs/algorithm.md "Training"). `train_loop_per_worker` is what each
 Ray Train worker runs: it builds the networks, restores the latest checkpoint (automatic resume),
 streams its data shard, reports metrics every tick and a full checkpoint every `snap` ticks.
 """
@@ -33,7 +33,7 @@ _STAT_KEYS = ("G_loss", "D_loss_fake", "D_loss_real", "r1_penalty", "logits_fake
 
 
 def network_overrides(cfg: TrainConfig) -> dict[str, Any]:
-    """models.build keyword overrides for a resolved config (spec §e.1)."""
+    """models.build keyword overrides for a resolved config (docs/algorithm.md "Official training options")."""
     m = cfg.model
     return dict(channel_base=m.cbase, channel_max=m.cmax, map_depth=m.map_depth, c_dim=m.c_dim,
                 img_channels=m.img_channels, z_dim=m.z_dim, w_dim=m.w_dim, mbstd_group_size=m.mbstd_group,
@@ -55,13 +55,13 @@ def derived_seed(seed: int, rank: int, cur_nimg: int) -> int:
 
 
 class Trainer:
-    """One worker's training state and step (spec §e.2 – §e.5). No Ray needed.
+    """One worker's training state and step (docs/algorithm.md "Training"). No Ray needed.
 
     cfg: a resolved TrainConfig. G, D: built networks (moved to `device`). rank/world_size: this
     worker's place in the torch.distributed group (world_size 1 = single process, no communication).
     labels: the whole data set's label distribution for conditional runs, (values [K, c_dim] float32,
     counts [K]) (`pipeline.data.label_distribution`); fake labels are drawn from it, as the official loop
-    draws the labels of random training images (spec §e.2). None: drawn from the current real batch (a
+    draws the labels of random training images (docs/algorithm.md "Training phases"). None: drawn from the current real batch (a
     stand-in for sets whose manifest predates label counts; biased with small per-worker batches).
     """
 
@@ -80,12 +80,12 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval()
         o = cfg.optim
         self.G_opt = torch.optim.Adam(self.G.parameters(), lr=o.glr, betas=(o.beta1, o.beta2), eps=o.eps)
-        # Lazy regularisation (spec §e.2): mb_ratio = k/(k+1) scales D's lr and exponentiates its betas.
+        # Lazy regularisation (docs/algorithm.md "Training phases"): mb_ratio = k/(k+1) scales D's lr and exponentiates its betas.
         k = o.d_reg_interval
         mb = k / (k + 1)
         self.D_opt = torch.optim.Adam(self.D.parameters(), lr=o.dlr * mb,
                                       betas=(o.beta1 ** mb, o.beta2 ** mb), eps=o.eps)
-        # ADA (spec §e.5): the controller owns the "bgc" pipe (None for noaug) and drives its p.
+        # ADA (docs/algorithm.md "ADA"): the controller owns the "bgc" pipe (None for noaug) and drives its p.
         a = cfg.aug
         self.ada = AdaController(a.mode, fixed_p=a.p, target=a.target, interval=a.interval, ada_kimg=a.ada_kimg)
         self.augment_pipe = self.ada.pipe.to(self.device).train().requires_grad_(False) if self.ada.pipe else None
@@ -123,7 +123,7 @@ class Trainer:
         return out
 
     def draw_latents(self, real_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One phase's z [n, z_dim] ~ N(0, I) and labels of random training images [n, c_dim] (spec §e.2):
+        """One phase's z [n, z_dim] ~ N(0, I) and labels of random training images [n, c_dim] (docs/algorithm.md "Training phases"):
         from the whole set's label distribution when the Trainer has it, else from the real batch `real_c`."""
         n = real_c.shape[0]
         z = torch.randn([n, self.cfg.model.z_dim], generator=self.generator).to(self.device)
@@ -150,7 +150,7 @@ class Trainer:
             z, c = latents[i] if latents is not None else self.draw_latents(real_c)
             self.phase_gradients(name, module, opt, gain, real, real_cs, z, c)
             opt.step()
-        # G EMA after the optimizer steps, before cur_nimg advances (spec §e.4).
+        # G EMA after the optimizer steps, before cur_nimg advances (docs/algorithm.md "Generator EMA").
         s = cfg.schedule
         update_ema(self.G_ema, self.G, ema_beta(s.batch, s.ema_kimg, self.cur_nimg, s.ema_rampup))
         self.cur_nimg += s.batch
@@ -161,7 +161,7 @@ class Trainer:
                         real: tuple[torch.Tensor, ...], real_cs: tuple[torch.Tensor, ...],
                         z: torch.Tensor, c: torch.Tensor) -> None:
         """Leave the phase's gradient in module's .grad: zero grads, train only `module`, accumulate the
-        chunk losses (a sum of chunk means), average over workers and sanitise (spec §e.2).
+        chunk losses (a sum of chunk means), average over workers and sanitise (docs/algorithm.md "Training phases").
         real/real_cs: this worker's reals [-1, 1] and labels split into chunks; z/c: the phase's latents."""
         cfg = self.cfg
         opt.zero_grad(set_to_none=True)
@@ -169,13 +169,13 @@ class Trainer:
         for r, rc, zz, cc in zip(real, real_cs, z.split(cfg.chunk), c.split(cfg.chunk)):
             stats = self.loss.accumulate_gradients(name, r, rc, zz, cc, gain, self.cur_nimg)
             self._add_stats(stats)
-            if "signs_real" in stats:  # Dmain and Dreg real passes drive ADA (spec §e.3, e.5)
+            if "signs_real" in stats:  # Dmain and Dreg real passes drive ADA (docs/algorithm.md "Loss", "ADA")
                 self.ada.observe(stats["logits_real"])
         module.requires_grad_(False)
         self.sync_grads(module)
 
     def sync_grads(self, module: torch.nn.Module) -> None:
-        """Average gradients over workers (one flat all-reduce), then NaN → 0, ±inf → ±1e5 (spec §e.2)."""
+        """Average gradients over workers (one flat all-reduce), then NaN → 0, ±inf → ±1e5 (docs/algorithm.md "Training phases")."""
         params = [p for p in module.parameters() if p.grad is not None]
         if not params:
             return
@@ -336,7 +336,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # spec §e.6
+        torch.backends.cuda.matmul.allow_tf32 = False  # docs/algorithm.md "Mixed precision"
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     G, D = build_networks(cfg)
@@ -363,7 +363,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         probe = progress.QualityProbe(loop_config["dataset_info"], labels=labels if cfg.model.c_dim else None,
                                       cache_dir=DEFAULT_CACHE_DIR)
 
-    # Data (spec §e.7): endless full batches of this worker's share; time is counted in images. A resumed
+    # Data (docs/algorithm.md "Data feed"): endless full batches of this worker's share; time is counted in images. A resumed
     # run restarts the data pass that held cur_nimg, with that pass's shuffle seed.
     from pipeline.data import iter_batches_forever
 
@@ -395,7 +395,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         done = trainer.cur_nimg >= total_nimg
         if not done and trainer.cur_nimg < tick_start_nimg + s.tick * 1000:
             continue
-        # End of tick (spec §e.1: --tick kimg): report metrics; every `snap` ticks also a checkpoint.
+        # End of tick (docs/algorithm.md "Official training options": --tick kimg): report metrics; every `snap` ticks also a checkpoint.
         trainer.cur_tick += 1
         elapsed = time.time() - tick_start_time
         nimg = trainer.cur_nimg - tick_start_nimg

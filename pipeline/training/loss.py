@@ -1,12 +1,12 @@
-"""The StyleGAN2 loss used unchanged by StyleGAN3 (spec §0, §e.2, §e.3).
+"""The StyleGAN2 loss used unchanged by StyleGAN3 (docs/algorithm.md "StyleGAN3 training at a glance", "Training phases", "Loss").
 
 Non-saturating logistic loss for G and D, lazy R1 on reals, an optional Gaussian-like blur of every
 D input that fades out (config R) and the augmentation pipe applied to every D input. No path-length
-regularisation, no style mixing (both off for StyleGAN3, spec §0).
+regularisation, no style mixing (both off for StyleGAN3, docs/algorithm.md "StyleGAN3 training at a glance").
 
-Phases (spec §e.2): "Gmain" (train G), "Dmain" (train D on fakes and reals), "Dreg" (R1, every
+Phases (docs/algorithm.md "Training phases"): "Gmain" (train G), "Dmain" (train D on fakes and reals), "Dreg" (R1, every
 `d_reg_interval` steps, loss multiplied by the interval). Each call handles one chunk of a phase and
-backpropagates `loss.mean() * gain`, so gradients accumulate as a sum of chunk means (spec §e.2).
+backpropagates `loss.mean() * gain`, so gradients accumulate as a sum of chunk means (docs/algorithm.md "Training phases").
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ PHASES = ("Gmain", "Dmain", "Dreg")
 
 
 def blur_sigma(cur_nimg: int, blur_init_sigma: float, blur_fade_kimg: float) -> float:
-    """D-input blur in px at `cur_nimg` images: max(1 − nimg/(fade_kimg·1000), 0)·init; 0 if fade is 0 (spec §e.3)."""
+    """D-input blur in px at `cur_nimg` images: max(1 − nimg/(fade_kimg·1000), 0)·init; 0 if fade is 0 (docs/algorithm.md "Loss")."""
     if blur_fade_kimg <= 0:
         return 0.0
     return max(1.0 - cur_nimg / (blur_fade_kimg * 1e3), 0.0) * blur_init_sigma
 
 
 def blur_filter(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """1-D separable blur taps f(x) = 2^(−(x/σ)²), x ∈ [−⌊3σ⌋, ⌊3σ⌋], normalised to sum 1 (spec §e.3).
+    """1-D separable blur taps f(x) = 2^(−(x/σ)²), x ∈ [−⌊3σ⌋, ⌊3σ⌋], normalised to sum 1 (docs/algorithm.md "Loss").
 
     σ is the half width at half maximum (f(±σ) = 1/2), not a Gaussian std. Returns None when
     ⌊3σ⌋ = 0 (no blur). Shape [2⌊3σ⌋+1], float32.
@@ -66,7 +66,7 @@ class StyleGAN2Loss:
         """Blur (if σ gives ≥ 1 tap each side) → augment → D. Returns logits [N, 1]."""
         f = blur_filter(blur_sigma, img.device)
         if f is not None:
-            img = filter2d(img, f)  # same-size output, zero padding (spec §e.3)
+            img = filter2d(img, f)  # same-size output, zero padding (docs/algorithm.md "Loss")
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
         return self.D(img, c)
@@ -87,7 +87,7 @@ class StyleGAN2Loss:
         stats: dict[str, torch.Tensor] = {}
 
         if phase == "Gmain":
-            # Non-saturating loss: −log sigmoid(D(G(z))) = softplus(−logits) (spec §e.3).
+            # Non-saturating loss: −log sigmoid(D(G(z))) = softplus(−logits) (docs/algorithm.md "Loss").
             gen_logits = self.run_D(self.run_G(gen_z, gen_c), gen_c, sigma)
             loss = F.softplus(-gen_logits)
             loss.mean().mul(gain).backward()
@@ -95,7 +95,7 @@ class StyleGAN2Loss:
             stats["logits_fake"] = gen_logits.detach()
 
         elif phase == "Dmain":
-            # Fakes: the only G pass that updates w_avg and the magnitude EMAs (spec §e.3).
+            # Fakes: the only G pass that updates w_avg and the magnitude EMAs (docs/algorithm.md "Loss").
             with torch.no_grad():
                 gen_img = self.run_G(gen_z, gen_c, update_emas=True)
             gen_logits = self.run_D(gen_img, gen_c, sigma)
@@ -109,7 +109,7 @@ class StyleGAN2Loss:
                          signs_real=real_logits.detach().sign())
 
         else:  # Dreg
-            # R1 w.r.t. the un-blurred, un-augmented reals (spec §e.3).
+            # R1 w.r.t. the un-blurred, un-augmented reals (docs/algorithm.md "Loss").
             real = real_img.detach().requires_grad_(True)
             real_logits = self.run_D(real, real_c, sigma)
             (grads,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True, only_inputs=True)

@@ -3,7 +3,7 @@
     cfg, info = prepare(TrainConfig(...))        # validation + derived values; no cluster work
     result = fit(cfg, info)                      # needs ray.init() done (local or a cluster)
 
-Automatic resume (PLATFORM.md, Ray Train V2): the trainer is rebuilt with the same
+Automatic resume (docs/platform.md "Ray Train V2"): the trainer is rebuilt with the same
 `RunConfig(name=run_name, storage_path=storage)`; Ray hands the latest checkpoint of that run to
 the workers (`ray.train.get_checkpoint()`), which restore the full state. `FailureConfig(max_failures)`
 restarts dead workers from the latest checkpoint the same way.
@@ -162,7 +162,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.run.workers, use_gpu=use_gpu,
         # GPUs: one per worker (Ray Train makes it the worker's CUDA device); the autoscaler launches GPU nodes for
-        # them. CPU-only: fractional CPUs leave room for Ray Data's decode tasks (PLATFORM.md "CPU starvation").
+        # them. CPU-only: fractional CPUs leave room for Ray Data's decode tasks (docs/platform.md "CPU starvation").
         resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cfg.run.cpus_per_worker})
     if storage.is_s3(cfg.run.storage):
         fs, path = storage.pyarrow_fs(cfg.run.storage)  # pyarrow ignores AWS_ENDPOINT_URL by itself

@@ -32,7 +32,7 @@ SCENARIO = textwrap.dedent(
 
     data, storage, mlflow_db = sys.argv[1:4]
     # Head: no CPU, so no Train worker or data task lands there. Workers: 2 CPUs each; a Train worker takes
-    # 1.5, so each node holds exactly one and keeps 0.5 for Ray Data (PLATFORM.md: starvation hangs).
+    # 1.5, so each node holds exactly one and keeps 0.5 for Ray Data (starvation hangs: docs/platform.md "CPU starvation").
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         for _ in range(2):

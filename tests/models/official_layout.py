@@ -1,4 +1,4 @@
-"""Writes network pickles in the documented official snapshot layout (spec §g.1, §g.2) for tests.
+"""Writes network pickles in the documented official snapshot layout (docs/algorithm.md "Snapshot contents", "Persistent classes") for tests.
 
 Each module becomes a `torch_utils.persistence._reconstruct_persistent_obj(meta)` reduce record with
 meta = {type: 'class', version: 6, module_src, class_name, state: the module's __dict__-like state}.

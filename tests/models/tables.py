@@ -1,5 +1,5 @@
 """Parser for tests/models/data/stylegan3-tables.txt: counts, schedules and state_dict listings read
-off the official networks (copied from the project's shared spec; facts about shapes, no code)."""
+off the official networks (facts about shapes, no code; summarised in docs/algorithm.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mixed precision on CUDA (spec §e.6): fp16 exactly in the layers/blocks the schedule marks, fp32
+"""Mixed precision on CUDA (docs/algorithm.md "Mixed precision"): fp16 exactly in the layers/blocks the schedule marks, fp32
 everywhere else and with force_fp32. Skipped without a GPU."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Discriminator (spec §d): shapes, conditioning, minibatch-std grouping, R1-style double backward."""
+"""Discriminator (docs/algorithm.md "Discriminator"): shapes, conditioning, minibatch-std grouping, R1-style double backward."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Generator behaviour at small configs: shapes, truncation, EMA statistics, input transform
-(translation equivariance), filter design (spec §a.3, §b)."""
+(translation equivariance), filter design (docs/algorithm.md "Mapping network", "Synthesis network")."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_set_input_transform_stores_inverse():
 
 @pytest.mark.parametrize("preset", ["stylegan3-t", "stylegan3-r"])
 def test_integer_translation_is_equivariant(preset):
-    """Translating the input by k output pixels moves the image by k pixels (spec §b.2, §f.1)."""
+    """Translating the input by k output pixels moves the image by k pixels (docs/algorithm.md "Input layer", "Equivariance metrics")."""
     res, k, m = 32, 3, 4
     G = small_G(preset, res=res, channel_base=2048, seed=1)
     z = torch.randn(2, 16)
@@ -134,7 +134,7 @@ def test_integer_translation_is_equivariant(preset):
 
 
 # ------------------------------------------------------------------------------------------------
-# Filter design (spec §b.5)
+# Filter design (docs/algorithm.md "Filter design")
 
 def _kaiser_beta(atten):
     if atten > 50:

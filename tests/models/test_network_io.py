@@ -1,5 +1,5 @@
 """Network files: our safetensors format round trip; official-pickle import without running code;
-refusal of malicious or unsupported pickles (spec §g)."""
+refusal of malicious or unsupported pickles (docs/algorithm.md "Network pickles")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for the ADA augmentation pipe and the adaptive-p controller (spec §e.5)."""
+"""Tests for the ADA augmentation pipe and the adaptive-p controller (docs/algorithm.md "ADA")."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def check_round_trip(ds, src):
     assert cs.dtype == np.float32 and cs.shape == (len(GOOD), 3)
     expected = expected_by_pixels(src)
     got = {img.tobytes(): int(np.argmax(c)) for img, c in zip(imgs, cs)}
-    assert got == expected and (cs.sum(axis=1) == 1).all()  # one-hot labels (spec §h)
+    assert got == expected and (cs.sum(axis=1) == 1).all()  # one-hot labels (docs/algorithm.md "Dataset format")
 
 
 def test_local_and_s3_round_trip(ray_local, src, local_set, s3_bucket):

@@ -1,8 +1,8 @@
-"""Equivariance metrics (spec §f.1) on generators whose equivariance is known by construction.
+"""Equivariance metrics (docs/algorithm.md "Equivariance metrics") on generators whose equivariance is known by construction.
 
 The toy generators draw a band-limited image analytically: a sum of sinusoids of the *continuous* pixel
 coordinates, evaluated at `T·p` where `T` is the generator's input transform buffer (exactly what the Fourier
-input layer of spec §b.2 does). Such an image moves and rotates exactly with `T`, so the metrics must score it
+input layer of docs/algorithm.md "Input layer" does). Such an image moves and rotates exactly with `T`, so the metrics must score it
 very high; the same image ignoring `T` does not move at all and must score low.
 """
 
@@ -219,7 +219,7 @@ class UpsamplingBaseline(torch.nn.Module):
 
     def forward(self, ws):
         x = self.net(self.input(ws[:, 0]))
-        off = (x.shape[-1] - self.res) // 2  # the central res×res samples cover [-0.5, 0.5]² (spec §b.2)
+        off = (x.shape[-1] - self.res) // 2  # the central res×res samples cover [-0.5, 0.5]² (docs/algorithm.md "Input layer")
         return x[..., off:off + self.res, off:off + self.res] * self.scale
 
 

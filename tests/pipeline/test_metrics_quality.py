@@ -1,4 +1,4 @@
-"""SWD, FID, KID and spectra (spec §f) against direct computations."""
+"""SWD, FID, KID and spectra (docs/algorithm.md "Metrics") against direct computations."""
 
 from __future__ import annotations
 

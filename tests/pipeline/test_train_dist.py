@@ -1,4 +1,4 @@
-"""Gradient averaging across workers (spec §e.2): two gloo processes, each with half of the batch, end
+"""Gradient averaging across workers (docs/algorithm.md "Training phases"): two gloo processes, each with half of the batch, end
 each phase with the same gradients as one process averaging the two halves' gradients — also for the
 lazy R1 phase and with per-phase requires_grad — and stay in lockstep after full steps."""
 

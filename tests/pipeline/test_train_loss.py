@@ -1,4 +1,4 @@
-"""One-process tests of the training arithmetic (spec §e.2 – §e.5): loss terms, R1, lazy regularisation,
+"""One-process tests of the training arithmetic (docs/algorithm.md "Training"): loss terms, R1, lazy regularisation,
 EMA, blur, ADA wiring, gradient sanitising. No Ray."""
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def _const_D(value):
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_ada_p_follows_sign_of_real_logits(sign):
     """Reals always judged real (sign +1 > target 0.6): p rises by batch·interval/(ada_kimg·1000) per
-    adjustment; always judged fake: p stays at its floor 0 (spec §e.5)."""
+    adjustment; always judged fake: p stays at its floor 0 (docs/algorithm.md "ADA")."""
     G, _ = _nets()
     cfg = toy_config(aug={"mode": "ada", "ada_kimg": 1})
     t = Trainer(cfg, G, _const_D(sign * 5))

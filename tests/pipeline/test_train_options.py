@@ -40,7 +40,7 @@ def test_fp32_and_freezed_flags_reach_the_config_and_the_networks():
 
 def test_freezed_layers_get_no_update_and_no_optimizer_state():
     """--freezed 3 at 16x16: b16.fromrgb, b16.conv0, b16.conv1 (the first three conv layers from the highest
-    resolution, spec §d) are buffers: after a step their values are unchanged, every other D parameter moved."""
+    resolution, docs/algorithm.md "Discriminator") are buffers: after a step their values are unchanged, every other D parameter moved."""
     cfg = _tiny(model={"freezed": 3})
     _, D = build_networks(cfg)
     _, D_free = build_networks(_tiny())
