@@ -271,23 +271,6 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _maybe_fault(rank: int, cur_nimg: int) -> None:
-    """Fault injection for the recovery test: STYLEGAN3_FAULT="RANK:NIMG:MARKER" makes worker RANK exit
-    abruptly after the step that reaches cur_nimg ≥ NIMG, if the MARKER file does not exist yet (it is
-    created first, so the fault happens once)."""
-    spec = os.environ.get("STYLEGAN3_FAULT")
-    if not spec:
-        return
-    r, nimg, marker = spec.split(":", 2)
-    if rank == int(r) and cur_nimg >= int(nimg) and not os.path.exists(marker):
-        open(marker, "w").close()
-        # Ray Train's controller collects reported checkpoints when it polls the workers (every
-        # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a worker that dies before the next poll takes its
-        # last report with it. Wait a few polls so that the fault hits a run whose checkpoint is registered.
-        time.sleep(4 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) + 2)
-        os._exit(1)
-
-
 @contextlib.contextmanager
 def _local_checkpoint_dir(checkpoint) -> Iterator[str]:
     """The checkpoint as a local directory, private to this worker.
@@ -327,7 +310,8 @@ def _publish_progress(history, directory: str, run_dir: str | None) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker. loop_config: {"config": TrainConfig.to_dict() (resolved)}."""
+    """Entry point of every Ray Train worker. loop_config: {"config": TrainConfig.to_dict() (resolved), ...};
+    "step_hooks": callables `hook(trainer)` run on every worker after each step (see `build_trainer`)."""
     import ray.train
     import ray.train.torch
 
@@ -351,6 +335,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     elif cfg.run.resume:
         ckpt_io.load_weights(trainer, cfg.run.resume)
     trainer.extra["dataset_manifest_sha256"] = loop_config.get("manifest_sha256")
+    step_hooks = tuple(loop_config.get("step_hooks") or ())
     callbacks: TrainCallbacks = load_callbacks(cfg.run.callbacks, cfg) if rank == 0 else TrainCallbacks()
     callbacks.on_start(trainer, resumed=checkpoint is not None)
     # Quality over time (pipeline.training.progress): rank 0 keeps the curve (in every checkpoint), measures G_ema
@@ -390,7 +375,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while not done:
         batch = next(batches)
         trainer.step(batch["img"], batch["c"])
-        _maybe_fault(rank, trainer.cur_nimg)
+        for hook in step_hooks:
+            hook(trainer)
         trainer.data_epoch = trainer.cur_nimg // pass_images
         done = trainer.cur_nimg >= total_nimg
         if not done and trainer.cur_nimg < tick_start_nimg + s.tick * 1000:

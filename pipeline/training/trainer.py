@@ -127,11 +127,13 @@ def choose_device(cfg: TrainConfig) -> TrainConfig:
 
 
 def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress=True,
-                  callbacks: list | None = None):
+                  callbacks: list | None = None, step_hooks: list | None = None):
     """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests, tune);
     progress: True = tick lines printed by the Ray Train controller, a `ray.util.queue.Queue` = tick lines sent
     there (`fit` prints them in the driver), False = none; callbacks: extra Ray Train callbacks (pipeline.tune
-    adds TuneReportCallback)."""
+    adds TuneReportCallback); step_hooks: picklable callables `hook(trainer)` that every worker calls after each
+    training step, with the worker's `pipeline.training.loop.Trainer` (tests install them, e.g. to make a worker
+    fail at a chosen image count; they travel to the workers inside the loop config)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -151,6 +153,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         "passes_per_execution": passes,  # passes in one read of the dataset shard
         "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
         "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
+        "step_hooks": list(step_hooks or []),
     }
     loop_config["dataset_info"] = info  # the quality probe reads its fixed subset of reals from the shards
     # Where progress.png goes (beside the checkpoints): absolute, the workers run in other directories.

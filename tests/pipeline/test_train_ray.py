@@ -16,6 +16,7 @@ from pipeline.training import checkpoint, progress
 from pipeline.training.config import ConfigError, TrainConfig
 from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
 from tests.pipeline import train_record
+from tests.pipeline.faults import ExitOnce
 
 pytestmark = pytest.mark.slow
 
@@ -121,8 +122,8 @@ def test_worker_killed_mid_run_is_restarted_from_last_checkpoint(ray_local, tiny
     cfg, info = prepare(tiny_config(tiny_shards, str(tmp_path / "runs"), "fault", run={"max_failures": 1},
                                     schedule={"kimg": 0.024}))
     # Rank 1 exits abruptly after the second step (one step after the first checkpoint, at 8 images), once.
-    env = {"STYLEGAN3_TEST_RECORD": str(record), "STYLEGAN3_FAULT": f"1:16:{marker}"}
-    result = fit(cfg, info, env_vars=env, progress=False)
+    env = {"STYLEGAN3_TEST_RECORD": str(record)}
+    result = fit(cfg, info, env_vars=env, progress=False, step_hooks=[ExitOnce(rank=1, nimg=16, marker=str(marker))])
     assert marker.exists(), "the fault was not injected"
     assert result.error is None
     assert result.metrics["kimg"] == pytest.approx(0.024)
