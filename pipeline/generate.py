@@ -6,7 +6,7 @@
     python -m pipeline.generate --model net.safetensors --video translate --seeds 0 --outdir out/
     python -m pipeline.generate --model net.safetensors --video rotate --seeds 0 --outdir out/
 
-`--model` takes any network source (see pipeline.registry): a registered model URI, a checkpoint directory
+`--model` takes any network source (see pipeline.model_sources): a registered model URI, a checkpoint directory
 (local or s3://), a network file, or an official NVIDIA pickle. The same seed gives the same pixels.
 Videos: `interp` walks in W between consecutive seeds (looping), `translate` moves the image along a circle
 through the generator's input transform, `rotate` turns it a full circle (StyleGAN3's equivariance shows as
@@ -45,11 +45,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _ws_for_seed(G, seed: int, psi: float, class_idx: int) -> torch.Tensor:
-    device = next(G.parameters()).device
-    z = torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(seed)).to(device)
-    c = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim:
-        c[0, class_idx] = 1
+    from pipeline.pyfunc import seed_latents  # here: pipeline.pyfunc imports mlflow (seconds)
+
+    z, c = seed_latents(G, seed, class_idx)
     return G.mapping(z, c, truncation_psi=psi)
 
 
@@ -137,7 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from pipeline.images import save_png, tile
-    from pipeline.registry import SourceError, load_generator
+    from pipeline.model_sources import SourceError, load_generator
     from pipeline.training.devices import local_device
 
     try:

@@ -61,12 +61,19 @@ def generate_image(G, seed: int, psi: float = 1.0, class_idx: int = 0) -> torch.
     """One image [1, C, H, W] float for a seed: the same seed gives the same pixels on any machine."""
     if G.c_dim and not 0 <= class_idx < G.c_dim:
         raise ValueError(f"class_idx {class_idx} is outside this model's {G.c_dim} classes")
+    z, c = seed_latents(G, seed, class_idx)
+    return G(z, c, truncation_psi=psi)
+
+
+def seed_latents(G, seed: int, class_idx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [1, z_dim], one-hot c [1, c_dim]) of a seed, on G's device: z = randn from
+    torch.Generator().manual_seed(seed) on the CPU, so the same seed gives the same latent on any machine."""
     device = next(G.parameters()).device
     z = torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(seed)).to(device)
     c = torch.zeros([1, G.c_dim], device=device)
     if G.c_dim:
         c[0, class_idx] = 1
-    return G(z, c, truncation_psi=psi)
+    return z, c
 
 
 def signature():

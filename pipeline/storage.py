@@ -15,6 +15,7 @@ PYARROW_RETRY_ATTEMPTS times, in every process it is shipped to (`RetryingS3File
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -111,6 +112,15 @@ class Location:
         if self.is_s3:
             return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
         return self.path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a local file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def parse(uri: str | os.PathLike) -> Location:

@@ -27,26 +27,21 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.metrics.core import LOWER_IS_BETTER
+from pipeline.mlflow_store import tracking_uri  # public here too: pipeline.tracking.tracking_uri
+from pipeline.training import checkpoint
 from pipeline.training.callbacks import TrainCallbacks
+from pipeline.training.progress import PROGRESS_FILE, QUALITY_KEY
 
 log = logging.getLogger("stylegan3.tracking")
 
 CHAMPION_ALIAS = "champion"
 # Quality metrics that pick the champion, in order of preference; the last is the default quality curve's
 # (pipeline.training.progress, every run unless --quality 0).
-LOWER_IS_BETTER = ("swd", "fid", "kid", "quality/swd")
+CHAMPION_METRICS = (*LOWER_IS_BETTER, QUALITY_KEY)
 # Images per metric at each snapshot (env STYLEGAN3_METRIC_SAMPLES); the paper's 50k is for final numbers.
 DEFAULT_METRIC_SAMPLES = 1000
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else the embedded default `sqlite:///<cwd>/mlflow.db` (absolute, so Ray
-    workers with another working directory use the same file)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def _local_artifact_root(uri: str) -> str | None:
@@ -238,9 +233,6 @@ class MlflowCallbacks(TrainCallbacks):
             self._log_metrics(quality, int(trainer.cur_nimg))
         snap = self._staging / f"snap-{int(trainer.cur_nimg):012d}"
         snap.mkdir(parents=True, exist_ok=True)
-        from pipeline.training import checkpoint
-        from pipeline.training.progress import PROGRESS_FILE
-
         for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE, checkpoint.CORRUPT_FILE, PROGRESS_FILE):
             if (Path(directory) / name).exists():
                 shutil.copy2(Path(directory) / name, snap / name)
@@ -313,23 +305,19 @@ class MlflowCallbacks(TrainCallbacks):
             self.queue.submit(f"metrics at step {step}", lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def _log_snapshot(self, snap: Path, kimg: float) -> None:
-        from pipeline.training import checkpoint
-
         if (snap / checkpoint.GRID_FILE).exists():
             self.client.log_artifact(self.run_id, str(snap / checkpoint.GRID_FILE), f"grids/{kimg:09.3f}kimg")
         self.client.log_artifact(self.run_id, str(snap / "config.json"))
-        from pipeline.training.progress import PROGRESS_FILE
-
         if (snap / PROGRESS_FILE).exists():  # quality and losses vs kimg with the latest grid (replaced)
             self.client.log_artifact(self.run_id, str(snap / PROGRESS_FILE))
         if (snap / checkpoint.CORRUPT_FILE).exists():  # the run's distinct corrupt samples so far (replaced)
             self.client.log_artifact(self.run_id, str(snap / checkpoint.CORRUPT_FILE))
 
     def _register(self, snap: Path, kimg: float, metrics: dict[str, Any], extra: dict) -> None:
-        version = register_generator(self.client, self.run_id, snap / "network.safetensors", self.model_name,
+        version = register_generator(self.client, self.run_id, snap / checkpoint.NETWORK_FILE, self.model_name,
                                      kimg=kimg, metrics=metrics,
                                      manifest_sha256=extra.get("dataset_manifest_sha256"))
-        quality = next(((m, float(metrics[m])) for m in LOWER_IS_BETTER if m in metrics), None)
+        quality = next(((m, float(metrics[m])) for m in CHAMPION_METRICS if m in metrics), None)
         if quality and (self.best is None or (quality[0] == self.best[0] and quality[1] < self.best[1])):
             self.best = quality
             self.client.set_registered_model_alias(self.model_name, CHAMPION_ALIAS, version)
@@ -342,8 +330,7 @@ class MlflowCallbacks(TrainCallbacks):
             return {}
         import torch
 
-        from pipeline.metrics import compute_metrics
-        from pipeline.metrics.core import DATA_METRICS, RealImages
+        from pipeline.metrics.core import DATA_METRICS, RealImages, compute_metrics
 
         if self._real is None and any(n in DATA_METRICS for n in names):
             # Read the reals once per run and keep them: every snapshot compares against the same images.
@@ -375,9 +362,9 @@ def register_generator(client, run_id: str, network_file: str | os.PathLike, nam
     Returns the new version (as a string). The version's tags carry kimg, the dataset manifest hash and
     the run's metrics at that kimg.
     """
-    import mlflow
+    import mlflow  # here, like every MLflow import of this module: `import mlflow` takes seconds
 
-    from pipeline.pyfunc import save_pyfunc
+    from pipeline.pyfunc import save_pyfunc  # imports mlflow.pyfunc
 
     artifact_path = f"generator-{kimg:09.3f}kimg"
     with tempfile.TemporaryDirectory(prefix="sg3-pyfunc-") as tmp:

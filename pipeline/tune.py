@@ -37,7 +37,6 @@ from pipeline import storage
 from pipeline.training.config import PRESETS, ConfigError, TrainConfig
 
 TUNED = ("gamma", "glr", "dlr")  # the searched hyper-parameters, in table order
-LOWER_IS_BETTER = ("swd", "fid", "kid")  # pipeline.metrics names; eqt, eqt_frac, eqr are dB (higher is better)
 GAMMA_SPAN = 8.0  # default gamma space: rule-of-thumb value /8 .. x8
 LR_SPAN = 4.0  # default learning-rate spaces: preset /4 .. x4
 TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; its workers hold the real resources
@@ -134,6 +133,8 @@ def default_spaces(resolution: int, cfg: str) -> dict[str, Space]:
 
 def metric_mode(metric: str) -> str:
     """'min' for swd/fid/kid, 'max' for the equivariance metrics (dB)."""
+    from pipeline.metrics.core import LOWER_IS_BETTER  # here: the metrics import scipy and ops (start-up time)
+
     return "min" if metric in LOWER_IS_BETTER else "max"
 
 
@@ -412,7 +413,7 @@ def _tune_fs(uri: str):
 def _mlflow_client():
     import mlflow
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.mlflow_store import tracking_uri
 
     uri = tracking_uri()
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
@@ -606,7 +607,7 @@ def plot_metric_vs_gamma(rows: list[TrialRow], metric: str, path: str | os.PathL
             ax.scatter([r.gamma for r in pts], [r.metric for r in pts], marker=marker, label=state)
     ax.set_xscale("log")
     ax.set_xlabel("R1 gamma")
-    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else " (dB, higher is better)"))
+    ax.set_ylabel(metric + (" (lower is better)" if metric_mode(metric) == "min" else " (dB, higher is better)"))
     ax.set_title(f"{metric} vs gamma, last value of each trial")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -651,7 +652,7 @@ def finish(sweep: Sweep, rows: list[TrialRow], parent_run_id: str | None, comple
             if row.state != "interrupted":
                 client.set_terminated(child.info.run_id, "FAILED" if row.state == "error" else "FINISHED")
         if best is not None and complete and best.trial in by_trial:  # once, when every trial has finished
-            from pipeline.registry import fetch_network
+            from pipeline.model_sources import fetch_network
 
             local = fetch_network(best.checkpoint, Path(tmp) / "champion")
             run_id = by_trial[best.trial].info.run_id
@@ -679,7 +680,7 @@ def run_sweep(sweep: Sweep, callbacks: list | None = None, log=print) -> dict[st
     max_concurrent = check_cluster(sweep)
     parent = None
     if sweep.tracking:
-        from pipeline.tracking import tracking_uri
+        from pipeline.mlflow_store import tracking_uri
 
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # resolved here: trials run in other directories
         parent = _parent_run(sweep, max_concurrent)

@@ -249,14 +249,6 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log=print) -> BuildResult:
     """Build the shard set of `src` at `dest`. Every check that can fail fast runs before any image is
     processed. A failure part-way leaves no manifest.json; re-running the same command resumes from the
@@ -373,7 +365,7 @@ def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log
                     if note:
                         converted[note] += 1
                     count += 1
-            record = {"name": shard_name(i), "count": count, "sha256": _sha256_file(path),
+            record = {"name": shard_name(i), "count": count, "sha256": storage.sha256_file(path),
                       "bytes": os.path.getsize(path), "skipped": skipped, "converted": dict(converted)}
             inflight.append(uploader.submit(upload, i, path, record))
             # Bound local disk use: wait for older uploads once 8 shards are queued.

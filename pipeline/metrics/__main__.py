@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from pipeline import storage
     from pipeline.data import DataError
     from pipeline.metrics import compute_metrics, parse_metric_names
-    from pipeline.registry import SourceError, load_generator
+    from pipeline.model_sources import SourceError, load_generator
     from pipeline.training.devices import local_device
 
     try:

@@ -26,10 +26,15 @@ import torch
 
 from pipeline.images import to_uint8  # conversion of docs/algorithm.md "Metrics", shared with generation and grids
 
-from pipeline.metrics import equivariance, fid as fidlib, spectrum as spectrumlib, swd as swdlib
+import pipeline.metrics.equivariance as equivariance
+import pipeline.metrics.fid as fidlib
+import pipeline.metrics.spectrum as spectrumlib
+import pipeline.metrics.swd as swdlib
 
 EQ_METRICS = equivariance.KINDS
 DATA_METRICS = ("swd", "fid", "kid")
+# Distances: lower is better. The equivariance metrics are PSNRs in dB: higher is better.
+LOWER_IS_BETTER = ("swd", "fid", "kid")
 ALL_METRICS = EQ_METRICS + DATA_METRICS
 READ_BATCH = 64
 # Real-image FID statistics cache (the official code caches them too, docs/algorithm.md "Metrics"); XDG_CACHE_HOME is honoured.

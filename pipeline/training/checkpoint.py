@@ -30,7 +30,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-NETWORK_FILE = "network.safetensors"
+import models
+from pipeline.images import save_png, tile, to_uint8
+from pipeline.model_sources import NETWORK_FILE, fetch_network
+
 STATE_FILE = "state.pt"
 GRID_FILE = "fakes.png"
 META_FILE = "meta.json"
@@ -52,8 +55,6 @@ def staging_dir() -> Iterator[str]:
 
 def save(trainer, directory: str | os.PathLike) -> None:
     """Write network.safetensors, state.pt and fakes.png of `trainer` into `directory`."""
-    import models
-
     d = Path(directory)
     models.save_network(d / NETWORK_FILE, G=trainer.G, D=trainer.D, G_ema=trainer.G_ema,
                         extra={"cur_nimg": trainer.cur_nimg, "kimg": trainer.cur_nimg / 1000})
@@ -85,17 +86,13 @@ def restore(trainer, directory: str | os.PathLike) -> None:
 
 def load_weights(trainer, source: str) -> None:
     """--resume SOURCE: start a NEW run from the weights of any network source of
-    pipeline.registry.fetch_network (models:/NAME@ALIAS, a checkpoint directory, a .safetensors file,
+    pipeline.model_sources.fetch_network (models:/NAME@ALIAS, a checkpoint directory, a .safetensors file,
     an official .pkl; local or s3://). Counters, optimizers and ADA p start fresh (docs/algorithm.md "Official training options")."""
-    from pipeline.registry import fetch_network
-
     with tempfile.TemporaryDirectory(prefix="sg3-resume-") as tmp:
         _copy_weights(trainer, fetch_network(source, tmp), need_all=False)
 
 
 def _copy_weights(trainer, path: Path, need_all: bool) -> None:
-    import models
-
     net = models.load_network(str(path))
     pairs = [("G", trainer.G, net.G), ("D", trainer.D, net.D),
              ("G_ema", trainer.G_ema, net.G_ema if net.G_ema is not None else net.G)]
@@ -124,12 +121,8 @@ def fakes_grid(G: torch.nn.Module, batch: int = 8, num: int | None = None, seed:
     c = torch.zeros([num, G.c_dim], device=device)
     if G.c_dim:
         c[torch.arange(num), torch.arange(num) % G.c_dim] = 1
-    from pipeline.images import tile, to_uint8
-
     return tile(torch.cat([to_uint8(G(zz, cc)) for zz, cc in zip(z.split(batch), c.split(batch))]))
 
 
 def save_grid(grid: np.ndarray, path: str | os.PathLike) -> None:
-    from pipeline.images import save_png
-
     save_png(grid[:, :, :3] if grid.shape[2] == 4 else grid, path)

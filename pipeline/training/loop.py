@@ -20,6 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import models
+from pipeline import storage
+from pipeline.data import iter_batches_forever
+from pipeline.data.reader import budget_text, corrupt_budget
+from pipeline.metrics.core import DEFAULT_CACHE_DIR
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import progress
 from pipeline.training.ada import AdaController
@@ -37,13 +42,11 @@ def network_overrides(cfg: TrainConfig) -> dict[str, Any]:
     m = cfg.model
     return dict(channel_base=m.cbase, channel_max=m.cmax, map_depth=m.map_depth, c_dim=m.c_dim,
                 img_channels=m.img_channels, z_dim=m.z_dim, w_dim=m.w_dim, mbstd_group_size=m.mbstd_group,
-                magnitude_ema_beta=0.5 ** (cfg.schedule.batch / 20000), fp32=m.fp32, freeze_layers=m.freezed)
+                magnitude_ema_beta=models.magnitude_ema_beta_for_batch(cfg.schedule.batch), fp32=m.fp32, freeze_layers=m.freezed)
 
 
 def build_networks(cfg: TrainConfig):
     """(G, D) for a resolved config, freshly initialised (seeded by cfg.run.seed)."""
-    import models
-
     torch.manual_seed(cfg.run.seed)
     return models.build(cfg.model.cfg, cfg.model.resolution, **network_overrides(cfg))
 
@@ -292,8 +295,6 @@ def _publish_progress(history, directory: str, run_dir: str | None) -> None:
     (progress.json), into the run directory (local or s3), where the newest one replaces the last."""
     import json
 
-    from pipeline import storage
-
     grid_path = os.path.join(directory, ckpt_io.GRID_FILE)
     grid = None
     if os.path.exists(grid_path):
@@ -343,15 +344,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     history = progress.History(trainer.extra.get("progress"))
     probe = None
     if rank == 0 and cfg.run.quality and loop_config.get("dataset_info") is not None:
-        from pipeline.metrics.core import DEFAULT_CACHE_DIR
-
         probe = progress.QualityProbe(loop_config["dataset_info"], labels=labels if cfg.model.c_dim else None,
                                       cache_dir=DEFAULT_CACHE_DIR)
 
     # Data (docs/algorithm.md "Data feed"): endless full batches of this worker's share; time is counted in images. A resumed
     # run restarts the data pass that held cur_nimg, with that pass's shuffle seed.
-    from pipeline.data import iter_batches_forever
-
     shard = ray.train.get_dataset_shard("train")
     pass_images = max(int(loop_config.get("pass_images", 0)), 1)
     trainer.data_epoch = trainer.cur_nimg // pass_images
@@ -362,8 +359,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # every checkpoint), so that a resumed run neither counts them again nor decodes them.
     counter = loop_config.get("corrupt_counter")
     if counter is not None:
-        from pipeline.data.reader import budget_text, corrupt_budget
-
         num_images = pass_images // (2 if cfg.data.mirror else 1)
         ray.get(counter.configure.remote(corrupt_budget(cfg.run.max_corrupt, num_images),
                                          budget_text(cfg.run.max_corrupt, num_images),

@@ -20,8 +20,13 @@ from typing import Any
 
 import ops
 from pipeline import storage
+from pipeline.data import DataError, dataset_info, default_passes, label_distribution, make_dataset
+from pipeline.model_sources import SourceError, fetch_network
+from pipeline.training import devices
+from pipeline.training.checkpoint import STATE_FILE
 from pipeline.training.config import ConfigError, TrainConfig
 from pipeline.training.loop import train_loop_per_worker
+from pipeline.training.progress import QUALITY_KEY
 
 
 def prepare(cfg: TrainConfig):
@@ -29,8 +34,6 @@ def prepare(cfg: TrainConfig):
 
     Raises ConfigError (one sentence: what is wrong and what to do) before any cluster work.
     """
-    from pipeline.data import DataError, dataset_info
-
     cfg.validate()
     if not cfg.data.uri:
         raise ConfigError("no data: pass --data URI (a shard set built by `python -m pipeline.dataset build`)")
@@ -69,8 +72,6 @@ def default_run_name(cfg: TrainConfig, info) -> str:
 def _check_resume_source(src: str) -> None:
     import tempfile
 
-    from pipeline.registry import SourceError, fetch_network
-
     with tempfile.TemporaryDirectory(prefix="sg3-resume-check-") as tmp:
         try:
             fetch_network(src, tmp)
@@ -93,8 +94,6 @@ def latest_checkpoint(cfg: TrainConfig) -> str | None:
     None (used to announce a resume and to name the last checkpoint)."""
     import json
 
-    from pipeline.training.checkpoint import STATE_FILE
-
     index = storage.join(run_dir(cfg), RAY_CHECKPOINT_INDEX)
     if not storage.exists(index):
         return None
@@ -116,8 +115,6 @@ def choose_device(cfg: TrainConfig) -> TrainConfig:
     """Decide GPUs or CPUs once, on the driver (pipeline.training.devices: --use-gpu, else GPUs when the cluster has
     them or its autoscaler can launch them), print the choice line and return `cfg` with run.use_gpu set, so that
     the workers, the MLflow params and every trial of a sweep see the same decision. Needs ray.init() done."""
-    from pipeline.training import devices
-
     try:
         choice = devices.choose(cfg.run.use_gpu)
     except ValueError as e:  # a malformed declaration of launchable GPUs
@@ -137,8 +134,6 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.data import default_passes, label_distribution, make_dataset
-    from pipeline.training import devices
 
     # Decided by choose_device on the driver; a caller that did not (tests, a library user) gets the same rule here.
     use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else devices.choose(None).use_gpu
@@ -244,8 +239,6 @@ def _num(x: float) -> str:
 def progress_line(m: dict[str, Any]) -> str:
     """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, the quality metric at snapshots, speed."""
     left = max(m["total_kimg"] - m["kimg"], 0) * m["sec_per_kimg"]
-    from pipeline.training.progress import QUALITY_KEY
-
     quality = f"  SWD {m[QUALITY_KEY]:.1f}" if QUALITY_KEY in m else ""  # snapshots only (--quality)
     return (f"tick {m['tick']:<4d} kimg {m['kimg']:8.3f}/{m['total_kimg']:g}  ETA {_fmt_time(left):>7}  "
             f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {_num(m['loss/r1_penalty'])}  "
@@ -291,6 +284,4 @@ class ProgressPrinter(UserCallback):
 
             gpus = ray.cluster_resources().get("GPU", 0)
             if gpus >= 1:
-                from pipeline.training.devices import cpu_run_warning
-
-                self._emit(cpu_run_warning(f"has {gpus:g} GPU(s) now"))
+                self._emit(devices.cpu_run_warning(f"has {gpus:g} GPU(s) now"))

@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from pipeline import storage
 from pipeline.metrics import fid, spectrum, swd
 from pipeline.metrics.core import RealImages, compute_metrics
 
@@ -209,7 +210,7 @@ def test_fid_helper_model_is_adapted(tmp_path, monkeypatch):
     f = det(x, return_features=True)
     assert f.shape == (2, 3)
     torch.testing.assert_close(f, torch.tensor([[-1.0, -1.0, 299.0], [0.9921875, 0.9921875, 299.0]]))
-    assert det_id == fid._sha256_file(path)
+    assert det_id == storage.sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------- spectrum

@@ -153,7 +153,7 @@ def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ra
     assert mv.run_id == by_trial[best["trial"]].info.run_id
     assert float(mv.tags["metric.swd"]) == pytest.approx(float(best["swd"]), rel=1e-4)
     assert mlflow_db.get_run(parent.info.run_id).data.tags["stylegan3.tune.best_trial"] == best["trial"]
-    from pipeline.registry import load_generator
+    from pipeline.model_sources import load_generator
 
     G = load_generator(f"models:/tune-test-{name}@champion")
     assert G.img_resolution == 16
