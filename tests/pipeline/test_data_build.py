@@ -222,3 +222,18 @@ def test_ensure_demo_shards_builds_once(tmp_path):
     assert ensure_demo_shards(tmp_path, resolution=16, max_images=8, progress=False) == uri
     assert manifest.stat().st_mtime_ns == first
     assert os.path.basename(uri) == "demo-emoji-16px-3ch-8"
+
+
+def test_demo_faces_set_holds_only_the_round_smiley_faces(tmp_path):
+    """demo:emoji-faces (the embedded default's set) is the 100 yellow round faces of the bundled Twemoji:
+    single code points in the face blocks, no flags, hands, people or sequences."""
+    from pipeline.data.sources import open_source
+
+    faces = open_source("demo:emoji-faces").names
+    everything = set(open_source("demo:emoji").names)
+    assert len(faces) == 100 and set(faces) <= everything
+    assert {"1f600.png", "1f60d.png", "1f92f.png", "1f9d0.png"} <= set(faces)  # grinning, heart eyes, exploding, monocle
+    assert not {"1f1e6-1f1e8.png", "1f44d.png", "1f638.png", "1fae6.png"} & set(faces)  # a flag, thumbs up, a cat, lips
+    uri = ensure_demo_shards(tmp_path, resolution=16, max_images=4, progress=False, source="demo:emoji-faces")
+    assert os.path.basename(uri) == "demo-emoji-faces-16px-3ch-4"
+    assert read_manifest(uri)["num_images"] == 4
