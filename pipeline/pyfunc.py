@@ -21,6 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+import models
+from pipeline.images import png_bytes, to_uint8
+
 NETWORK_ARTIFACT = "network"
 
 
@@ -34,14 +37,10 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        import models
-
         net = models.load_network(context.artifacts[NETWORK_ARTIFACT])
         self.G = (net.G_ema if net.G_ema is not None else net.G).eval().requires_grad_(False)
 
     def predict(self, context, model_input, params=None):
-        from pipeline.images import png_bytes, to_uint8
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df.columns:
             raise ValueError("input needs a 'seed' column (integer latent seed); optional: psi, class_idx")

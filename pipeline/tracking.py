@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.metrics.core import LOWER_IS_BETTER
+from pipeline.metrics.core import DATA_METRICS, LOWER_IS_BETTER, RealImages, compute_metrics
 from pipeline.mlflow_store import tracking_uri  # public here too: pipeline.tracking.tracking_uri
 from pipeline.training import checkpoint
 from pipeline.training.callbacks import TrainCallbacks
@@ -329,8 +329,6 @@ class MlflowCallbacks(TrainCallbacks):
         if not names:
             return {}
         import torch
-
-        from pipeline.metrics.core import DATA_METRICS, RealImages, compute_metrics
 
         if self._real is None and any(n in DATA_METRICS for n in names):
             # Read the reals once per run and keep them: every snapshot compares against the same images.

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 
+from pipeline.data import dataset_info, make_dataset
 from pipeline.images import to_uint8  # conversion of docs/algorithm.md "Metrics", shared with generation and grids
-
 import pipeline.metrics.equivariance as equivariance
 import pipeline.metrics.fid as fidlib
 import pipeline.metrics.spectrum as spectrumlib
@@ -63,8 +63,6 @@ class RealImages:
     def from_uri(cls, uri: str, batch_size: int = READ_BATCH) -> "RealImages":
         """From a shard set built by `python -m pipeline.dataset` (local dir or s3://), read with Ray Data,
         x-flips off (docs/algorithm.md "Metrics"). Starts a local Ray instance when none is running."""
-        from pipeline.data import dataset_info, make_dataset
-
         info = dataset_info(uri)
 
         def read() -> Iterator[torch.Tensor]:

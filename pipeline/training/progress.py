@@ -25,6 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import storage
+from pipeline.data.images import decode_png_into
+import pipeline.metrics.core as metrics_core
+from pipeline.metrics.swd import collect_descriptors, swd_from_descriptors
+
 QUALITY_KEY = "quality/swd"  # the reported metric (MLflow: quality.swd), ×1e3, lower is better
 PROGRESS_FILE = "progress.png"
 HISTORY_FILE = "progress.json"  # progress.png's data: [{"kimg", "loss/…", "quality/swd"}, …]
@@ -40,8 +45,6 @@ SEED = 0  # patch positions, projections and the fakes' latents: the same at eve
 
 def _shard_stream(uri: str):
     """A readable binary stream of one shard (local path, file:// or s3://)."""
-    from pipeline import storage
-
     if storage.is_s3(uri):
         fs, path = storage.pyarrow_fs(uri)
         return fs.open_input_stream(path)
@@ -51,8 +54,6 @@ def _shard_stream(uri: str):
 def first_images(info, num: int) -> torch.Tensor:
     """The first `num` decodable images of a shard set in shard order, uint8 [n, C, H, W] (n ≤ num).
     Reads the shards as plain tar streams (no Ray); a corrupt PNG is passed over."""
-    from pipeline.data.images import decode_png_into
-
     res, ch = info.resolution, info.channels
     out: list[np.ndarray] = []
     for shard in info.shard_uris():
@@ -97,8 +98,6 @@ class QualityProbe:
         """Per pyramid level, the reals' patch descriptors: from memory, the disk cache, or the shards (once)."""
         if self._real is not None:
             return self._real
-        from pipeline.metrics.swd import collect_descriptors
-
         path = self._cache_path()
         if path is not None and path.exists():
             try:
@@ -120,9 +119,6 @@ class QualityProbe:
     @torch.no_grad()
     def measure(self, G: torch.nn.Module) -> float:
         """SWD ×1e3 (mean over levels) between G's images for fixed latents and the reals; lower is better."""
-        from pipeline.metrics.core import generate_images
-        from pipeline.metrics.swd import collect_descriptors, swd_from_descriptors
-
         real = self.real_descriptors()
         sampler = None
         if self.labels is not None and G.c_dim:
@@ -131,7 +127,7 @@ class QualityProbe:
 
             def sampler(n, gen):
                 return values[torch.multinomial(probs, n, replacement=True, generator=gen)]
-        fakes = generate_images(G, self.num_images, batch_size=GEN_BATCH, seed=SEED, c_sampler=sampler)
+        fakes = metrics_core.generate_images(G, self.num_images, batch_size=GEN_BATCH, seed=SEED, c_sampler=sampler)
         fake = collect_descriptors(fakes, DESCRIPTORS_PER_IMAGE, seed=SEED)
         levels = swd_from_descriptors(real, fake, DIRS_PER_REPEAT, DIR_REPEATS, seed=SEED)
         return sum(levels.values()) / len(levels)
