@@ -36,6 +36,9 @@ from typing import Any
 from pipeline import storage
 from pipeline.training.config import PRESETS, ConfigError, TrainConfig
 
+# The library modules that load torch, Ray or MLflow (trainer, tracking, metrics, data) are imported inside the
+# functions that need them: `--help` and a bad flag answer without those seconds of start-up.
+
 TUNED = ("gamma", "glr", "dlr")  # the searched hyper-parameters, in table order
 GAMMA_SPAN = 8.0  # default gamma space: rule-of-thumb value /8 .. x8
 LR_SPAN = 4.0  # default learning-rate spaces: preset /4 .. x4
