@@ -20,6 +20,17 @@ with ``tl.dot``. A separable filter is one rank-1 term; a full 2-D filter (confi
 split by SVD into a sum of separable terms, dropping singular values below 1e-8 of the largest (under float32's
 half-ulp; 1e-10 for float64), so the kernel stays separable-by-terms: rank 3–5 for StyleGAN3-R's jinc filters.
 
+Polyphase by construction (issue 17). A dense banded matrix over the whole window is mostly zeros, so the dots do
+not use one where they can avoid it:
+
+- stage 1 reads its input from memory, so it runs on overlapping input patches: the window is PY x PX patches of
+  [POY, POX] upsampled samples, patch (a, b) made from the [PIY, PIX] (16 x 16) inputs that reach it, starting at
+  ``m0 + (a, b)·PO/up``. The map from a patch's inputs to its outputs is the same for every patch (shift
+  invariance), so one small Toeplitz matrix per axis serves all of them and the dots contract over 16 inputs
+  (K = 16, of which taps/up are nonzero per output) instead of the whole window;
+- stage 2 reads the window from registers (no overlapping views there), so its x band is split into 2 x 2 blocks
+  (window halves x output halves) and the blocks the band does not touch are skipped.
+
 Precision. The dots run on tensor cores: fp16 inputs as fp16 operands with each filter matrix split into an fp16
 hi part and a 2^11-scaled fp16 lo part (exact to ~2^-22; two dots), float32/bfloat16 inputs with the signal split
 the same way after an exact power-of-two scale from the tile's largest exponent (three dots: hi·hi, hi·lo, lo·hi),
@@ -132,6 +143,23 @@ def _filter_data(f, d, DOT: tl.constexpr):
     return r
 
 
+@triton.jit
+def _band_dot(d, h_ptr, K0: tl.constexpr, O0: tl.constexpr, HT: tl.constexpr, HO: tl.constexpr,
+              A2: tl.constexpr, T2: tl.constexpr, DOT: tl.constexpr):
+    """d @ G, G[k, i] = h[(K0 + k) − (O0 + i)·A2] (zero outside the taps): the block of a decimating band matrix
+    between window samples [K0, K0 + HT) and outputs [O0, O0 + HO)."""
+    idx = (K0 + tl.arange(0, HT))[:, None] - (O0 + tl.arange(0, HO))[None, :] * A2
+    ok = (idx >= 0) & (idx < T2)
+    g = tl.load(h_ptr + tl.where(ok, idx, 0), mask=ok, other=0.0)
+    return _data_filter(d, g, DOT)
+
+
+@triton.jit
+def _halves(d, HT: tl.constexpr):
+    """[M, 2·HT] -> its column halves [M, HT], [M, HT]."""
+    return tl.split(tl.permute(tl.reshape(d, (d.shape[0], 2, HT)), (0, 2, 1)))
+
+
 # Sizes, offsets and scalars are not specialised (== 1, divisible by 16): one compiled variant per geometry, dtype
 # and mode, whatever the layer's size (the kernel's int64 index math gains nothing from the hints).
 _RUNTIME_INTS = ["C", "in_h", "in_w", "out_h", "out_w", "code_h", "code_w", "code_stride", "c1y", "c1x", "c2y", "c2x",
@@ -152,6 +180,7 @@ def _flrelu_kernel(
     BOY: tl.constexpr, BOX: tl.constexpr, BTY: tl.constexpr, BTX: tl.constexpr,
     BMY: tl.constexpr, BMX: tl.constexpr,
     PATCH1: tl.constexpr, PIY: tl.constexpr, PIX: tl.constexpr, POY: tl.constexpr, POX: tl.constexpr,
+    SK2: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
     DOT: tl.constexpr, XF1: tl.constexpr, XF2: tl.constexpr,
 ):
@@ -300,24 +329,67 @@ def _flrelu_kernel(
 
     # ---- stage 2: Out = Σ_r Hy2_r · A · Hx2_rᵀ, Hy2[o, k] = h2y[k − o·A2]
     iy2 = ky[None, :] - oy[:, None] * A2Y  # [BOY, BTY]
-    ix2 = kx[:, None] - ox[None, :] * A2X  # [BTX, BOX]
     iy2_ok = (iy2 >= 0) & (iy2 < T2Y)
-    ix2_ok = (ix2 >= 0) & (ix2 < T2X)
-    acc = tl.zeros((BOY, BOX), dtype=cdt)
-    for r in range(R2):
-        gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
-        gxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
-        if XF2:
-            acc += _filter_data(gy, _data_filter(a, gxt, DOT), DOT)
-        else:
-            acc += _data_filter(_filter_data(gy, a, DOT), gxt, DOT)
-
     py = o0y + oy
-    px = o0x + ox
-    out_mask = ((oy < bo_y) & (py < out_h))[:, None] & ((ox < bo_x) & (px < out_w))[None, :]
     plane_out = pid_nc * out_h * out_w
-    tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    if SK2 == 0:
+        ix2 = kx[:, None] - ox[None, :] * A2X  # [BTX, BOX]
+        ix2_ok = (ix2 >= 0) & (ix2 < T2X)
+        acc = tl.zeros((BOY, BOX), dtype=cdt)
+        for r in range(R2):
+            gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
+            gxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
+            if XF2:
+                acc += _filter_data(gy, _data_filter(a, gxt, DOT), DOT)
+            else:
+                acc += _data_filter(_filter_data(gy, a, DOT), gxt, DOT)
+        px = o0x + ox
+        out_mask = ((oy < bo_y) & (py < out_h))[:, None] & ((ox < bo_x) & (px < out_w))[None, :]
+        tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # The x band split in 2 x 2 blocks (window halves x output halves); SK2 bit 2·j + h says whether output half
+        # j reads window half h at all: the blocks of zeros are skipped (the band covers ~3 of the 4).
+        HT: tl.constexpr = BTX // 2
+        HO: tl.constexpr = BOX // 2
+        acc0 = tl.zeros((BOY, HO), dtype=cdt)
+        acc1 = tl.zeros((BOY, HO), dtype=cdt)
+        if XF2:
+            a0, a1 = _halves(a, HT)
+        for r in range(R2):
+            gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
+            hx2 = h2x_ptr + r * T2X
+            if XF2:  # x pass on the window's halves, then y per output half
+                t0 = tl.zeros((BTY, HO), dtype=cdt)
+                t1 = tl.zeros((BTY, HO), dtype=cdt)
+                if (SK2 & 1) != 0:
+                    t0 += _band_dot(a0, hx2, 0, 0, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 2) != 0:
+                    t0 += _band_dot(a1, hx2, HT, 0, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 4) != 0:
+                    t1 += _band_dot(a0, hx2, 0, HO, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 8) != 0:
+                    t1 += _band_dot(a1, hx2, HT, HO, HT, HO, A2X, T2X, DOT)
+                acc0 += _filter_data(gy, t0, DOT)
+                acc1 += _filter_data(gy, t1, DOT)
+            else:  # y pass on the whole window, then x on its halves
+                c0, c1 = _halves(_filter_data(gy, a, DOT), HT)
+                if (SK2 & 1) != 0:
+                    acc0 += _band_dot(c0, hx2, 0, 0, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 2) != 0:
+                    acc0 += _band_dot(c1, hx2, HT, 0, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 4) != 0:
+                    acc1 += _band_dot(c0, hx2, 0, HO, HT, HO, A2X, T2X, DOT)
+                if (SK2 & 8) != 0:
+                    acc1 += _band_dot(c1, hx2, HT, HO, HT, HO, A2X, T2X, DOT)
+        oh_ = tl.arange(0, HO).to(tl.int64)
+        row_ok = ((oy < bo_y) & (py < out_h))[:, None]
+        px = o0x + oh_
+        tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :], acc0.to(out_ptr.dtype.element_ty),
+                 mask=row_ok & ((oh_ < bo_x) & (px < out_w))[None, :])
+        px = o0x + HO + oh_
+        tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :], acc1.to(out_ptr.dtype.element_ty),
+                 mask=row_ok & ((oh_ + HO < bo_x) & (px < out_w))[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -415,23 +487,50 @@ def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay=None, ax=None):
     None or (PIY, PIX, POY, POX)."""
     s1x = BMY * BMX * BTX + BTY * BMY * BTX
     s1y = BTY * BMY * BMX + BTY * BMX * BTX
-    s2x = BTY * BTX * BOX + BOY * BTY * BOX
-    s2y = BOY * BTY * BTX + BOY * BTX * BOX
     s1 = r1 * min(s1x, s1y)
     patch = None
     if ay is not None:
         pp = _patch_plan(r1, ay[0], ay[1], ax[0], ax[1], BTY, BTX)
         if pp is not None and pp[0] < s1:
             s1, patch = pp[0], pp[1:]
-    return s1 + r2 * min(s2x, s2y), s1x <= s1y, s2x <= s2y, patch
+    s2, xf2, sk2 = _stage2_plan(BOY, BOX, BTY, BTX, ax[2] if ax is not None else None,
+                                ax[3] if ax is not None else None)
+    return s1 + r2 * s2, s1x <= s1y, xf2, patch, sk2
+
+
+def _stage2_plan(BOY, BOX, BTY, BTX, a2x, t2x):
+    """Stage 2 per rank-1 term: (multiply-adds, x pass first, SK2). SK2 = 0: dense band dots; else the x band in
+    2 x 2 blocks (window halves x output halves), bit 2·j + h set where output half j reads window half h."""
+    s2x = BTY * BTX * BOX + BOY * BTY * BOX
+    s2y = BOY * BTY * BTX + BOY * BTX * BOX
+    best = (min(s2x, s2y), s2x <= s2y, 0)
+    if a2x is None or BOX < 32 or BTX < 32:
+        return best
+    ht, ho = BTX // 2, BOX // 2
+    sk2 = 0
+    for j in range(2):
+        lo, hi = j * ho * a2x, (j * ho + ho - 1) * a2x + t2x - 1
+        for h in range(2):
+            if h * ht <= hi and (h + 1) * ht - 1 >= lo:
+                sk2 |= 1 << (2 * j + h)
+    n = bin(sk2).count("1")
+    if n == 4:
+        return best
+    k2x = n * BTY * ht * ho + BOY * BTY * BOX
+    k2y = BOY * BTY * BTX + n * BOY * ht * ho
+    if min(k2x, k2y) < best[0]:
+        best = (min(k2x, k2y), k2x <= k2y, sk2)
+    return best
 
 
 # Largest upsampled-rate window per program on a GPU (elements). Up to 2048 (a [32, 64] fp32 window is 16 registers
-# per thread) a program runs 4 warps. A [64, 64] window runs 16 warps, which ptxas fits in 128 registers (one
-# 16-warp block per SM; with 8 warps it took 138-248 registers, one 8-warp block per SM), but only for separable
-# fp16 variants: the split-fp32 and rank > 1 ones spilled there (152-968 bytes, sm_90 compile).
+# per thread) a program runs 4 warps; up to 4096 ([64, 64] or [32, 128]) 16 warps, one 16-warp block per SM within
+# 128 registers for every T/R variant, fp32 and rank > 1 included, since stage 1 runs on patches (sm_90 compile,
+# tests/ops/test_static_budget.py). 8192-sample windows at 16 warps spilled (216 bytes) in some backward variants.
 _MAX_WINDOW = 4096
 _SMALL_WINDOW = 2048
+_GPU_PROGRAM_COST = 2e3
+_WINDOW_COST = 16
 
 
 @functools.lru_cache(maxsize=512)
@@ -443,7 +542,7 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_
         top = min(-(-n // step) * step, 256)
         return list(range(step, top + 1, step))
 
-    overhead = 2e6 if interpret else 2e3
+    overhead = 2e6 if interpret else _GPU_PROGRAM_COST
     best = None
     step_x = 4 // math.gcd(4, ax[2])
     for by in cands(out_h, 1):
@@ -456,10 +555,10 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_
                 break
             if not interpret and BTY * BTX > max_window and (by > 1 or bx > step_x):
                 continue
-            work, xf1, xf2, patch = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay, ax)
-            cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + 16 * BTY * BTX + overhead)
+            work, xf1, xf2, patch, sk2 = _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay, ax)
+            cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + _WINDOW_COST * BTY * BTX + overhead)
             if best is None or cost < best[0]:
-                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch)
+                best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2)
     return best[1:]
 
 
@@ -484,7 +583,7 @@ class _Plan:
         self.code_stride = -(-self.code_w // 16) * 4
         self.gain, self.slope, self.clamp = float(gain), float(slope), clamp
         # Largest register block side: big blocks under the interpreter (per-op overhead dominates).
-        self.max_dim = max_dim or (128 if _interpreting() else 64)
+        self.max_dim = max_dim or 128
         self.cdtype = cdtype
         # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters; float32 and
         # bfloat16 with data and filters both split into two fp16 parts; float64 (gradcheck) on CUDA cores.
@@ -516,8 +615,8 @@ class _Plan:
         r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
-        max_window = _MAX_WINDOW if self.dot == _DOT_FP16 and r1 == 1 and r2 == 1 else _SMALL_WINDOW
-        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
+        max_window = _MAX_WINDOW
+        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2 = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
                                                                          _interpreting(), max_window)
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
@@ -534,6 +633,7 @@ class _Plan:
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
             PATCH1=patch is not None, PIY=patch[0] if patch else 16, PIX=patch[1] if patch else 16,
             POY=patch[2] if patch else 16, POX=patch[3] if patch else 16,
+            SK2=sk2,
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
             DOT=self.dot, XF1=xf1, XF2=xf2,
             num_warps=4 if BTY * BTX <= _SMALL_WINDOW else 16,
@@ -634,7 +734,12 @@ def launch_cost(p: dict, programs: int) -> dict:
         if p.get("PATCH1"):
             PIY, PIX, POY, POX = (p[k] for k in ("PIY", "PIX", "POY", "POX"))
             s1 = (BTY // POY) * (BTX // POX) * PIY * POX * (PIX + POY)
-        per_prog = passes * (r1 * s1 + r2 * (s2x if p["XF2"] else s2y))
+        s2 = s2x if p["XF2"] else s2y
+        if p.get("SK2"):
+            n = bin(p["SK2"]).count("1")
+            s2 = (n * BTY * (BTX // 2) * (BOX // 2) + BOY * BTY * BOX if p["XF2"]
+                  else BOY * BTY * BTX + n * BOY * (BTX // 2) * (BOX // 2))
+        per_prog = passes * (r1 * s1 + r2 * s2)
     else:
         per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
     inp, out = p["in_ptr"], p["out_ptr"]
