@@ -565,7 +565,7 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_
 class _Plan:
     """Everything both directions of the op need: sizes, per-axis stage parameters and filter factors."""
 
-    def __init__(self, x, fu, fd, up, down, padding, gain, slope, clamp, flip_filter, max_dim):
+    def __init__(self, x, fu, fd, up, down, padding, gain, slope, clamp, flip_filter, max_dim, gpu_tiles=False):
         n, c, in_h, in_w = x.shape
         px0, px1, py0, py1 = padding
         cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -584,6 +584,8 @@ class _Plan:
         self.gain, self.slope, self.clamp = float(gain), float(slope), clamp
         # Largest register block side: big blocks under the interpreter (per-op overhead dominates).
         self.max_dim = max_dim or 128
+        # Test hook: under the interpreter, tile exactly as on a GPU (window cap, small blocks, patch shapes).
+        self.tile_interpret = _interpreting() and not gpu_tiles
         self.cdtype = cdtype
         # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters; float32 and
         # bfloat16 with data and filters both split into two fp16 parts; float64 (gradcheck) on CUDA cores.
@@ -615,9 +617,8 @@ class _Plan:
         r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
-        max_window = _MAX_WINDOW
-        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2 = _choose_tiles(ay, ax, r1, r2, oh, ow, self.max_dim,
-                                                                         _interpreting(), max_window)
+        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2 = _choose_tiles(
+            ay, ax, r1, r2, oh, ow, self.max_dim, self.tile_interpret, _MAX_WINDOW)
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
         launch_kernel(_flrelu_kernel, grid,
@@ -678,7 +679,8 @@ class _FilteredLReLU(torch.autograd.Function):
         return dx, db, None, None
 
 
-def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter, *, _max_dim=None):
+def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter, *, _max_dim=None,
+                          _gpu_tiles=False):
     """Fused filtered leaky ReLU (spec §c.3) on a Triton kernel.
 
     Args:
@@ -691,6 +693,7 @@ def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, f
         gain, slope: floats (gain > 0); clamp: float or None.
         flip_filter: False = true convolution, True = correlation.
         _max_dim: test hook, the largest register block side (forces many small tiles).
+        _gpu_tiles: test hook, under the interpreter tile as on a GPU (the plans the GPU runs, checked on CPU).
     Returns:
         [N, C, (H·up + y0 + y1 − fu_h − fd_h + 1 + down) // down, (same for W)] tensor, x's dtype,
         differentiable to any order w.r.t. x and b.
@@ -702,7 +705,7 @@ def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, f
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[1]):
         raise ValueError(f"filtered_lrelu: b must be [{x.shape[1]}], got shape {tuple(b.shape)}")
     plan = _Plan(x, fu, fd, int(up), int(down), [int(p) for p in padding], gain, slope, clamp, bool(flip_filter),
-                 _max_dim)
+                 _max_dim, _gpu_tiles)
     want_codes = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
     if b is not None:
         b = b.contiguous()

@@ -149,11 +149,14 @@ def _random_like(f):
 
 
 def check_layer(name: str, dtype: str, clamp, max_dim, grads: bool, seed: int = 0, n: int = 2, c: int = 3,
-                x_scale: float = 1.0, random_filters: bool = False, flips=(False,)):
-    """Forward (poisoned buffers, codes) and, if `grads`, x/b gradients of one configuration vs float64."""
+                x_scale: float = 1.0, random_filters: bool = False, flips=(False,), size: int | None = None,
+                gpu_tiles: bool = False):
+    """Forward (poisoned buffers, codes) and, if `grads`, x/b gradients of one configuration vs float64.
+    `size` overrides the case's input size; `gpu_tiles` tiles as on a GPU (the kernel's test hook)."""
     from ops._triton import filtered_lrelu as k
 
-    _, up, down, fus, fds, pad, gain, slope, size = CASES[name]
+    _, up, down, fus, fds, pad, gain, slope, case_size = CASES[name]
+    size = size or case_size
     torch.manual_seed(seed)
     fu, fd = make_filter(fus), make_filter(fds)
     if random_filters:
@@ -168,7 +171,7 @@ def check_layer(name: str, dtype: str, clamp, max_dim, grads: bool, seed: int = 
         ref = reference(x, *ref_args)
 
         # Poisoned output and code buffers: every element must be written.
-        plan = k._Plan(x, fu, fd, up, down, pad, gain, slope, clamp, flip, max_dim)
+        plan = k._Plan(x, fu, fd, up, down, pad, gain, slope, clamp, flip, max_dim, gpu_tiles=gpu_tiles)
         out = torch.full((n, c, plan.out_h, plan.out_w), float("nan"), dtype=dt)
         codes = torch.full((n, c, plan.code_h, plan.code_stride), 255, dtype=torch.uint8)
         plan.launch(x, "fwd", k._MODE_ACT_CODES, bias=b, codes=codes, out=out)
@@ -196,13 +199,15 @@ def check_layer(name: str, dtype: str, clamp, max_dim, grads: bool, seed: int = 
 
         # The public entry point, with and without gradients, gives the same numbers.
         with torch.no_grad():
-            y0 = k.filtered_lrelu_triton(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip, _max_dim=max_dim)
+            y0 = k.filtered_lrelu_triton(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip, _max_dim=max_dim,
+                                         _gpu_tiles=gpu_tiles)
         assert torch.equal(y0, out)
         if not grads:
             continue
         xg = x.clone().requires_grad_()
         bg = b.clone().requires_grad_()
-        y = k.filtered_lrelu_triton(xg, fu, fd, bg, up, down, pad, gain, slope, clamp, flip, _max_dim=max_dim)
+        y = k.filtered_lrelu_triton(xg, fu, fd, bg, up, down, pad, gain, slope, clamp, flip, _max_dim=max_dim,
+                                    _gpu_tiles=gpu_tiles)
         assert torch.equal(y.detach(), out)
         dy = torch.randn(y.shape).to(dt)
         gx, gb = torch.autograd.grad(y, [xg, bg], dy)

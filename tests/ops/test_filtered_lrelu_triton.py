@@ -90,6 +90,21 @@ def test_flip_filter_with_asymmetric_filters(worker, name):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["T-L3", "R-L2", "R-L0", "T-L0"])
+def test_gpu_tile_plans(worker, name):
+    """The tiles a GPU runs (the interpreter's own plan prefers few large tiles), at a size where they use every
+    formulation: stage-1 patches at up 2 and up 4 (32-sample patches), rank > 1 terms on patches, and stage 2's
+    skipped blocks in the y-first order (the x-first order runs in test_layer_fp32_fp16's T-L13 backward).
+    float16 forward only: at this size a few pre-activations sit within fp16 rounding of zero (|v| ~ 1e-5 of the
+    largest), where the stored sign may differ from float64's and the gradient legitimately jumps; the plans are
+    the same for both dtypes, and the float16 backward's dots run in test_layer_fp32_fp16."""
+    worker.run(f"check_layer({name!r}, 'float32', clamp=0.8, max_dim=None, grads=True, n=1, c=2, x_scale=2.0, "
+               f"size=40, gpu_tiles=True)")
+    worker.run(f"check_layer({name!r}, 'float16', clamp=256.0, max_dim=None, grads=False, n=1, c=2, x_scale=400.0, "
+               f"size=40, gpu_tiles=True)")
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name,size,clamp,second_order", [
     ("T-L0", 4, 0.5, True),  # separable (2,2), clamp engaged
     ("R-L0", 4, None, True),  # radial 2-D down filter: stage 2 forward, stage 1 of the backward
