@@ -160,6 +160,34 @@ def _halves(d, HT: tl.constexpr):
     return tl.split(tl.permute(tl.reshape(d, (d.shape[0], 2, HT)), (0, 2, 1)))
 
 
+@triton.jit
+def _blocks(d, NQ: tl.constexpr):
+    """[M, W] -> its NQ (2 or 4) column blocks; with NQ = 2 the last two repeat the first two (never used)."""
+    W: tl.constexpr = d.shape[1]
+    lft, rgt = _halves(d, W // 2)
+    if NQ == 4:
+        b0, b1 = _halves(lft, W // 4)
+        b2, b3 = _halves(rgt, W // 4)
+    else:
+        b0, b1, b2, b3 = lft, rgt, lft, rgt
+    return b0, b1, b2, b3
+
+
+@triton.jit
+def _band_blocks(acc, b0, b1, b2, b3, h_ptr, J: tl.constexpr, SK2: tl.constexpr, WB: tl.constexpr,
+                 HO: tl.constexpr, A2: tl.constexpr, T2: tl.constexpr, DOT: tl.constexpr):
+    """acc + the x band products of output half J from the window blocks its SK2 bits (4·J + q) name."""
+    if ((SK2 >> (4 * J)) & 1) != 0:
+        acc += _band_dot(b0, h_ptr, 0, J * HO, WB, HO, A2, T2, DOT)
+    if ((SK2 >> (4 * J + 1)) & 1) != 0:
+        acc += _band_dot(b1, h_ptr, WB, J * HO, WB, HO, A2, T2, DOT)
+    if ((SK2 >> (4 * J + 2)) & 1) != 0:
+        acc += _band_dot(b2, h_ptr, 2 * WB, J * HO, WB, HO, A2, T2, DOT)
+    if ((SK2 >> (4 * J + 3)) & 1) != 0:
+        acc += _band_dot(b3, h_ptr, 3 * WB, J * HO, WB, HO, A2, T2, DOT)
+    return acc
+
+
 # Sizes, offsets and scalars are not specialised (== 1, divisible by 16): one compiled variant per geometry, dtype
 # and mode, whatever the layer's size (the kernel's int64 index math gains nothing from the hints).
 _RUNTIME_INTS = ["C", "in_h", "in_w", "out_h", "out_w", "code_h", "code_w", "code_stride", "c1y", "c1x", "c2y", "c2x",
@@ -180,7 +208,7 @@ def _flrelu_kernel(
     BOY: tl.constexpr, BOX: tl.constexpr, BTY: tl.constexpr, BTX: tl.constexpr,
     BMY: tl.constexpr, BMX: tl.constexpr,
     PATCH1: tl.constexpr, PIY: tl.constexpr, PIX: tl.constexpr, POY: tl.constexpr, POX: tl.constexpr,
-    SK2: tl.constexpr,
+    SK2: tl.constexpr, NQ2: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
     DOT: tl.constexpr, XF1: tl.constexpr, XF2: tl.constexpr,
 ):
@@ -348,40 +376,26 @@ def _flrelu_kernel(
         tl.store(out_ptr + plane_out + py[:, None] * out_w + px[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # The x band split in 2 x 2 blocks (window halves x output halves); SK2 bit 2·j + h says whether output half
-        # j reads window half h at all: the blocks of zeros are skipped (the band covers ~3 of the 4).
-        HT: tl.constexpr = BTX // 2
+        # The x band split in NQ2 x 2 blocks (window halves or quarters x output halves); SK2 bit 4·j + q says
+        # whether output half j reads window block q at all: the blocks of zeros are skipped.
+        WB: tl.constexpr = BTX // NQ2
         HO: tl.constexpr = BOX // 2
         acc0 = tl.zeros((BOY, HO), dtype=cdt)
         acc1 = tl.zeros((BOY, HO), dtype=cdt)
         if XF2:
-            a0, a1 = _halves(a, HT)
+            a0, a1, a2, a3 = _blocks(a, NQ2)
         for r in range(R2):
             gy = tl.load(h2y_ptr + r * T2Y + iy2, mask=iy2_ok, other=0.0)
             hx2 = h2x_ptr + r * T2X
-            if XF2:  # x pass on the window's halves, then y per output half
-                t0 = tl.zeros((BTY, HO), dtype=cdt)
-                t1 = tl.zeros((BTY, HO), dtype=cdt)
-                if (SK2 & 1) != 0:
-                    t0 += _band_dot(a0, hx2, 0, 0, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 2) != 0:
-                    t0 += _band_dot(a1, hx2, HT, 0, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 4) != 0:
-                    t1 += _band_dot(a0, hx2, 0, HO, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 8) != 0:
-                    t1 += _band_dot(a1, hx2, HT, HO, HT, HO, A2X, T2X, DOT)
+            if XF2:  # x pass on the window's blocks, then y per output half
+                t0 = _band_blocks(tl.zeros((BTY, HO), dtype=cdt), a0, a1, a2, a3, hx2, 0, SK2, WB, HO, A2X, T2X, DOT)
+                t1 = _band_blocks(tl.zeros((BTY, HO), dtype=cdt), a0, a1, a2, a3, hx2, 1, SK2, WB, HO, A2X, T2X, DOT)
                 acc0 += _filter_data(gy, t0, DOT)
                 acc1 += _filter_data(gy, t1, DOT)
-            else:  # y pass on the whole window, then x on its halves
-                c0, c1 = _halves(_filter_data(gy, a, DOT), HT)
-                if (SK2 & 1) != 0:
-                    acc0 += _band_dot(c0, hx2, 0, 0, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 2) != 0:
-                    acc0 += _band_dot(c1, hx2, HT, 0, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 4) != 0:
-                    acc1 += _band_dot(c0, hx2, 0, HO, HT, HO, A2X, T2X, DOT)
-                if (SK2 & 8) != 0:
-                    acc1 += _band_dot(c1, hx2, HT, HO, HT, HO, A2X, T2X, DOT)
+            else:  # y pass on the whole window, then x on its blocks
+                c0, c1, c2, c3 = _blocks(_filter_data(gy, a, DOT), NQ2)
+                acc0 = _band_blocks(acc0, c0, c1, c2, c3, hx2, 0, SK2, WB, HO, A2X, T2X, DOT)
+                acc1 = _band_blocks(acc1, c0, c1, c2, c3, hx2, 1, SK2, WB, HO, A2X, T2X, DOT)
         oh_ = tl.arange(0, HO).to(tl.int64)
         row_ok = ((oy < bo_y) & (py < out_h))[:, None]
         px = o0x + oh_
@@ -493,33 +507,38 @@ def _stage_macs(r1, r2, BOY, BOX, BTY, BTX, BMY, BMX, ay=None, ax=None):
         pp = _patch_plan(r1, ay[0], ay[1], ax[0], ax[1], BTY, BTX)
         if pp is not None and pp[0] < s1:
             s1, patch = pp[0], pp[1:]
-    s2, xf2, sk2 = _stage2_plan(BOY, BOX, BTY, BTX, ax[2] if ax is not None else None,
-                                ax[3] if ax is not None else None)
-    return s1 + r2 * s2, s1x <= s1y, xf2, patch, sk2
+    s2, xf2, sk2, nq2 = _stage2_plan(BOY, BOX, BTY, BTX, ax[2] if ax is not None else None,
+                                     ax[3] if ax is not None else None, r2)
+    return s1 + r2 * s2, s1x <= s1y, xf2, patch, (sk2, nq2)
 
 
-def _stage2_plan(BOY, BOX, BTY, BTX, a2x, t2x):
-    """Stage 2 per rank-1 term: (multiply-adds, x pass first, SK2). SK2 = 0: dense band dots; else the x band in
-    2 x 2 blocks (window halves x output halves), bit 2·j + h set where output half j reads window half h."""
+def _stage2_plan(BOY, BOX, BTY, BTX, a2x, t2x, r2=1):
+    """Stage 2 per rank-1 term: (multiply-adds, x pass first, SK2, NQ2). SK2 = 0: dense band dots; else the x band
+    in NQ2 x 2 blocks (window halves or quarters x output halves), bit 4·j + q set where output half j reads window
+    block q. Quarters only for a separable stage 2 (with R's rank 3-5 terms they spilled: 48 bytes, sm_90)."""
     s2x = BTY * BTX * BOX + BOY * BTY * BOX
     s2y = BOY * BTY * BTX + BOY * BTX * BOX
-    best = (min(s2x, s2y), s2x <= s2y, 0)
-    if a2x is None or BOX < 32 or BTX < 32:
+    best = (min(s2x, s2y), s2x <= s2y, 0, 2)
+    if a2x is None or BOX < 32:
         return best
-    ht, ho = BTX // 2, BOX // 2
-    sk2 = 0
-    for j in range(2):
-        lo, hi = j * ho * a2x, (j * ho + ho - 1) * a2x + t2x - 1
-        for h in range(2):
-            if h * ht <= hi and (h + 1) * ht - 1 >= lo:
-                sk2 |= 1 << (2 * j + h)
-    n = bin(sk2).count("1")
-    if n == 4:
-        return best
-    k2x = n * BTY * ht * ho + BOY * BTY * BOX
-    k2y = BOY * BTY * BTX + n * BOY * ht * ho
-    if min(k2x, k2y) < best[0]:
-        best = (min(k2x, k2y), k2x <= k2y, sk2)
+    ho = BOX // 2
+    for nq in (2, 4) if r2 == 1 else (2,):
+        wb = BTX // nq
+        if wb < 16:
+            break
+        sk2 = 0
+        for j in range(2):
+            lo, hi = j * ho * a2x, (j * ho + ho - 1) * a2x + t2x - 1
+            for q in range(nq):
+                if q * wb <= hi and (q + 1) * wb - 1 >= lo:
+                    sk2 |= 1 << (4 * j + q)
+        n = bin(sk2).count("1")
+        if n == 2 * nq:
+            continue
+        k2x = n * BTY * wb * ho + BOY * BTY * BOX
+        k2y = BOY * BTY * BTX + n * BOY * wb * ho
+        if min(k2x, k2y) < best[0]:
+            best = (min(k2x, k2y), k2x <= k2y, sk2, nq)
     return best
 
 
@@ -634,7 +653,7 @@ class _Plan:
             BOY=BOY, BOX=BOX, BTY=BTY, BTX=BTX, BMY=BMY, BMX=BMX,
             PATCH1=patch is not None, PIY=patch[0] if patch else 16, PIX=patch[1] if patch else 16,
             POY=patch[2] if patch else 16, POX=patch[3] if patch else 16,
-            SK2=sk2,
+            SK2=sk2[0], NQ2=sk2[1],
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
             DOT=self.dot, XF1=xf1, XF2=xf2,
             num_warps=4 if BTY * BTX <= _SMALL_WINDOW else 16,
@@ -739,9 +758,9 @@ def launch_cost(p: dict, programs: int) -> dict:
             s1 = (BTY // POY) * (BTX // POX) * PIY * POX * (PIX + POY)
         s2 = s2x if p["XF2"] else s2y
         if p.get("SK2"):
-            n = bin(p["SK2"]).count("1")
-            s2 = (n * BTY * (BTX // 2) * (BOX // 2) + BOY * BTY * BOX if p["XF2"]
-                  else BOY * BTY * BTX + n * BOY * (BTX // 2) * (BOX // 2))
+            n, wb = bin(p["SK2"]).count("1"), BTX // p["NQ2"]
+            s2 = (n * BTY * wb * (BOX // 2) + BOY * BTY * BOX if p["XF2"]
+                  else BOY * BTY * BTX + n * BOY * wb * (BOX // 2))
         per_prog = passes * (r1 * s1 + r2 * s2)
     else:
         per_prog = r1 * (BMY * BMX * BTX + BTY * BMY * BTX) + r2 * (BTY * BTX * BOX + BOY * BTY * BOX)
