@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import storage
+from pipeline.ray_session import init_ray, local_ray_env
 from pipeline.training.config import PRESETS, ConfigError, TrainConfig
+from pipeline.training.flags import add_train_flags, config_from_args
 
 # The library modules that load torch, Ray or MLflow (trainer, tracking, metrics, data) are imported inside the
 # functions that need them: `--help` and a bad flag answer without those seconds of start-up.
@@ -145,26 +147,15 @@ def metric_mode(metric: str) -> str:
 # Command line
 # --------------------------------------------------------------------------------------------------
 
-def _drop_option(parser: argparse.ArgumentParser, flag: str) -> None:
-    """Remove a pipeline.train flag that a sweep sets per trial (argparse has no public way)."""
-    action = parser._option_string_actions[flag]
-    action.container._remove_action(action)
-    for s in action.option_strings:
-        parser._option_string_actions.pop(s, None)
-
-
 def make_parser() -> argparse.ArgumentParser:
-    """pipeline.train's parser (every flag fixes that setting for all trials) plus the sweep's flags;
+    """pipeline.train's flags (every one fixes that setting for all trials) plus the sweep's flags;
     --gamma/--glr/--dlr take search-space strings, --kimg/--workers are per trial."""
-    from pipeline.train import make_parser as train_parser
-
-    p = train_parser()
-    p.prog = "python -m pipeline.tune"
-    p.description = ("Sweep R1 gamma and the learning rates with Ray Tune (ASHA early stopping); every trial is a "
-                     "pipeline.train run. Same --name + --storage = continue an interrupted sweep.")
-    p.epilog = __doc__.split("\n", 2)[2]
-    for flag in ("--gamma", "--glr", "--dlr", "--kimg", "--workers", "--run-name"):
-        _drop_option(p, flag)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.tune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sweep R1 gamma and the learning rates with Ray Tune (ASHA early stopping); every trial is a "
+                    "pipeline.train run. Same --name + --storage = continue an interrupted sweep.",
+        epilog=__doc__.split("\n", 2)[2])
+    add_train_flags(p, skip={"--gamma", "--glr", "--dlr", "--kimg", "--workers", "--run-name"})
     p.set_defaults(storage="outputs/sweeps", snap=1)
     g = p.add_argument_group("sweep")
     g.add_argument("--name", help="sweep name under --storage; the same name continues an interrupted sweep "
@@ -236,7 +227,6 @@ def plan(args: argparse.Namespace, argv: list[str] | None = None) -> Sweep:
     """Check everything that needs no cluster: spaces, metric, train flags, the data's manifest.
     Raises SpaceError or ConfigError (one sentence each)."""
     from pipeline.metrics import ALL_METRICS
-    from pipeline.train import config_from_args
     from pipeline.tracking import dataset_name, default_model_name
     from pipeline.training.trainer import prepare
 
@@ -717,16 +707,14 @@ def run_sweep(sweep: Sweep, callbacks: list | None = None, log=print) -> dict[st
 def main(argv: list[str] | None = None, *, callbacks: list | None = None) -> int:
     """CLI entry point; returns 0 (sweep complete), 2 (bad arguments) or 3 (interrupted: run it again).
     callbacks: extra ray.tune.Callback objects (tests inject an interruption with one)."""
-    from pipeline.train import _init_ray, _local_ray_env
-
     argv = sys.argv[1:] if argv is None else argv
-    _local_ray_env()
+    local_ray_env()
     # Reports between snapshots carry no quality metric; ASHA skips them, Tune's strict check must too.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     args = make_parser().parse_args(argv)
     try:
         sweep = plan(args, argv)
-        _init_ray(dashboard=True)
+        init_ray(dashboard=True)
         summary = run_sweep(sweep, callbacks=callbacks)
     except (ConfigError, SpaceError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,10 +21,8 @@ PACKAGES = ("ops", "models", "pipeline")
 COMMANDS = ("pipeline.train", "pipeline.tune", "pipeline.dataset", "pipeline.generate", "pipeline.registry",
             "pipeline.metrics.__main__")
 # Known violations waiting for their fix, each with the reason; the test below fails once one is gone, so that the
-# entry is removed with the fix. pipeline.tune reuses pipeline.train's flag table (make_parser, config_from_args)
-# and its Ray start-up (_init_ray, _local_ray_env): they move into the library with the pending rework of
-# pipeline/train.py (the one config spine of issue 18), which another change is editing now.
-PENDING_COMMAND_IMPORTS = {("pipeline.tune", "pipeline.train")}
+# entry is removed with the fix. None at present.
+PENDING_COMMAND_IMPORTS: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ from pipeline.data.build import MANIFEST_NAME, BuildOptions, build
 from pipeline.data.manifest import dataset_info
 
 
+DEMO_CACHE = Path(os.environ.get("STYLEGAN3_CACHE", "~/.cache/stylegan3-ray")).expanduser()  # where demo shards go
+DEMO_DATA = "demo:emoji-faces"  # the embedded default's set (pipeline.train with no --data)
+DEMO_RESOLUTION = 16  # a demo set trains at this resolution under the embedded default's settings
+
+
 def ensure_demo_shards(cache_dir: str | os.PathLike, resolution: int, channels: int = 3,
                        max_images: int | None = None, progress: bool = True, source: str = "demo:emoji") -> str:
     """Return the URI of the demo set `source` (demo:emoji or demo:emoji-faces) as shards at `resolution` px with

@@ -346,6 +346,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0 and cfg.run.quality and loop_config.get("dataset_info") is not None:
         probe = progress.QualityProbe(loop_config["dataset_info"], labels=labels if cfg.model.c_dim else None,
                                       cache_dir=DEFAULT_CACHE_DIR)
+        if trainer.cur_nimg == 0 and not history.rows:
+            # A new run: the curve (and the summary's "start -> end") begins with the untrained generator.
+            history.add({"kimg": 0.0, progress.QUALITY_KEY: probe.measure(trainer.G_ema)})
+            trainer.extra["progress"] = history.rows
+            trainer.seed_rngs()  # the run draws the same with or without this measurement
 
     # Data (docs/algorithm.md "Data feed"): endless full batches of this worker's share; time is counted in images. A resumed
     # run restarts the data pass that held cur_nimg, with that pass's shuffle seed.

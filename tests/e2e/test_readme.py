@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
 
-TRAIN_TINY = "--kimg 0.016 --tick 0.008"
+TRAIN_TINY = "--kimg 0.016 --tick 0.008 --snap 1"
 
 # README command -> the command run here (the same text where it is fast enough as written).
 RUN_AS = {
@@ -37,7 +37,7 @@ RUN_AS = {
         "python -m pipeline.dataset info outputs/emoji64 --grid outputs/emoji64.png",
     "python -m pipeline.train":
         f"python -m pipeline.train {TRAIN_TINY}",
-    "python -m pipeline.train --kimg 2":
+    "python -m pipeline.train --kimg 20":
         "python -m pipeline.train --kimg 0.024 --tick 0.008",
     "python -m pipeline.train --cfg stylegan3-t --data s3://my-bucket/photos256 --batch 32 --gamma 2 --workers 8 "
     "--mirror 1 --storage s3://my-bucket/runs --run-name photos256-t":
@@ -56,9 +56,9 @@ RUN_AS = {
         "python -m pipeline.generate --model models:/stylegan3-emoji-t@latest --video rotate --seeds 0 --outdir out/ "
         "--frames 4",
     "python -m pipeline.metrics --model models:/stylegan3-emoji-t@latest --metrics eqt,eqt_frac,eqr,swd "
-    "--data ~/.cache/stylegan3-ray/demo-emoji-32px-3ch-1000 --num 1000":
+    "--data ~/.cache/stylegan3-ray/demo-emoji-faces-16px-3ch --num 100":
         "python -m pipeline.metrics --model models:/stylegan3-emoji-t@latest --metrics eqt,eqt_frac,eqr,swd "
-        "--data ~/.cache/stylegan3-ray/demo-emoji-32px-3ch-1000 --num 4 --batch 2 --no-progress",
+        "--data ~/.cache/stylegan3-ray/demo-emoji-faces-16px-3ch --num 4 --batch 2 --no-progress",
 }
 
 # README commands run by other tests (a cluster to submit to, a 4-trial sweep, a model server on a free port).
@@ -165,19 +165,19 @@ def test_readme_commands_work_as_written(home):
     # 2. The embedded default (the quick start's job): our lines only, the run registered as the README says.
     text = do("python -m pipeline.train")
     lines = text.splitlines()
-    assert lines[0].startswith("demo data: demo:emoji shards at 32x32"), text
+    assert lines[0].startswith("demo data: demo:emoji-faces shards at 16x16"), text
     assert sum(line.startswith("tick ") for line in lines) == 2, text
     assert "latest checkpoint:" in text and "fakes grid:" in text
     # The quality curve: the metric at the first and last snapshot, and the picture beside the checkpoints.
     assert any(line.startswith("  quality (SWD):") and "->" in line for line in lines), text
-    assert (home / "outputs" / "runs" / "demo-emoji32-t" / "progress.png").read_bytes()[:4] == b"\x89PNG"
+    assert (home / "outputs" / "runs" / "demo-emoji-faces16-t" / "progress.png").read_bytes()[:4] == b"\x89PNG"
     for noise in ("RayTrainWorker", "TrainController", "Reporting training result", "Execution plan",
                   "Failed to query", "PlacementGroupCleaner", "Traceback"):
         assert noise not in text, f"{noise!r} in the embedded default's output:\n{text}"
-    run_dir = home / "outputs" / "runs" / "demo-emoji32-t"
+    run_dir = home / "outputs" / "runs" / "demo-emoji-faces16-t"
     assert len(list(run_dir.glob("checkpoint_*/fakes.png"))) == 2
     # The same run, continued.
-    text = do("python -m pipeline.train --kimg 2")
+    text = do("python -m pipeline.train --kimg 20")
     assert "resuming from" in text and sum(line.startswith("tick 3") for line in text.splitlines()) == 1, text
 
     # 3. Training on the user's own shards in S3.
@@ -197,7 +197,7 @@ def test_readme_commands_work_as_written(home):
     do("python -m pipeline.generate --model models:/stylegan3-emoji-t@latest --video rotate --seeds 0 --outdir out/")
     assert (home / "out" / "rotate-seed0.mp4").stat().st_size > 0
     text = do("python -m pipeline.metrics --model models:/stylegan3-emoji-t@latest --metrics eqt,eqt_frac,eqr,swd "
-              "--data ~/.cache/stylegan3-ray/demo-emoji-32px-3ch-1000 --num 1000")
+              "--data ~/.cache/stylegan3-ray/demo-emoji-faces-16px-3ch --num 100")
     for name in ("eqt", "eqt_frac", "eqr", "swd"):
         assert any(line.split()[:1] == [name] for line in text.splitlines()), text
 

@@ -66,13 +66,17 @@ def test_missing_data_is_refused_before_cluster_work(tmp_path, capsys):
 
 
 def test_no_data_or_demo_data_means_the_bundled_set_under_the_users_flags():
-    from pipeline.train import DEMO_RUN_NAME, demo_argv
+    from pipeline.train import DEMO_DATA, DEMO_RUN_NAME, demo_argv, demo_run_name
 
+    assert DEMO_DATA == "demo:emoji-faces" and demo_run_name(DEMO_DATA) == DEMO_RUN_NAME
     # Schedule-only flags: the embedded default's run, continued to another --kimg.
     a = make_parser().parse_args(demo_argv(["--kimg", "0.4"]))
     assert a.kimg == 0.4 and a.cbase == 1024 and a.run_name == DEMO_RUN_NAME
-    a = make_parser().parse_args(demo_argv(["--data", "demo:emoji", "--kimg=1"]))
+    a = make_parser().parse_args(demo_argv(["--data", "demo:emoji-faces", "--kimg=1"]))
     assert a.kimg == 1 and a.run_name == DEMO_RUN_NAME
+    # The whole bundled set under the same settings: a run of its own.
+    a = make_parser().parse_args(demo_argv(["--data", "demo:emoji", "--kimg=1"]))
+    assert a.kimg == 1 and a.cbase == 1024 and a.run_name == "demo-emoji16-t"
     # A flag that changes the model: another trajectory, so the name is derived from the settings instead.
     a = make_parser().parse_args(demo_argv(["--cbase", "2048"]))
     assert a.cbase == 2048 and a.run_name is None

@@ -83,7 +83,8 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     # progress.png and its data beside the checkpoints, in the run directory on S3.
     assert storage.exists(storage.join(run_dir(cfg), progress.PROGRESS_FILE))
     rows = json.loads(storage.read_bytes(storage.join(run_dir(cfg), progress.HISTORY_FILE)))
-    assert [r["kimg"] for r in rows] == [0.008] and rows[0]["quality/swd"] == pytest.approx(m["quality/swd"])
+    # The curve starts with the untrained generator (kimg 0), then one point per snapshot.
+    assert [r["kimg"] for r in rows] == [0.0, 0.008] and rows[1]["quality/swd"] == pytest.approx(m["quality/swd"])
     (bad,) = json.loads(storage.read_bytes(storage.join(last, checkpoint.CORRUPT_FILE)))
     assert bad["shard"].endswith("train-000000.tar") and bad["key"] and bad["reason"]
     local = tmp_path / "ckpt"
@@ -108,7 +109,7 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     assert result2.metrics["kimg"] == pytest.approx(0.016) and result2.metrics["tick"] == 2
     assert result2.metrics["corrupt_skipped"] == 1  # the same sample, not counted again after the resume
     rows = json.loads(storage.read_bytes(storage.join(run_dir(cfg), progress.HISTORY_FILE)))
-    assert [r["kimg"] for r in rows] == [0.008, 0.016]  # the curve continues across the resume
+    assert [r["kimg"] for r in rows] == [0.0, 0.008, 0.016]  # the curve continues across the resume
     assert all(r["quality/swd"] > 0 for r in rows)
     final = train_record.read(record)[-1]
     assert final["cur_nimg"] == 16 and final["batch_idx"] == 2 and final["G_ema_sum"] != saved["G_ema_sum"]
