@@ -28,8 +28,8 @@ not use one where they can avoid it:
   ``m0 + (a, b)·PO/up``. The map from a patch's inputs to its outputs is the same for every patch (shift
   invariance), so one small Toeplitz matrix per axis serves all of them and the dots contract over 16 inputs
   (K = 16, of which taps/up are nonzero per output) instead of the whole window;
-- stage 2 reads the window from registers (no overlapping views there), so its x band is split into 2 x 2 blocks
-  (window halves x output halves) and the blocks the band does not touch are skipped.
+- stage 2 reads the window from registers (no overlapping views there), so its x band is split into blocks
+  (window quarters or halves x output halves) and the blocks the band does not touch are skipped.
 
 Precision. The dots run on tensor cores: fp16 inputs as fp16 operands with each filter matrix split into an fp16
 hi part and a 2^11-scaled fp16 lo part (exact to ~2^-22; two dots), float32/bfloat16 inputs with the signal split
