@@ -1,4 +1,4 @@
-"""Benchmark: ops reference path vs Triton kernels, per StyleGAN3-T and -R synthesis layer (spec §c).
+"""Benchmark: ops reference path vs Triton kernels, per StyleGAN3-T and -R synthesis layer (docs/algorithm.md "Ops").
 
 For every layer of StyleGAN3-T/-R at 256x256 (batch 32 by default) it times filtered_lrelu, its bias_act-shaped
 input step and the upfirdn2d up stage, forward and forward+backward, in the layer's dtype (fp16 where the model

@@ -1,4 +1,4 @@
-"""StyleGAN3's custom ops (spec §c): Triton kernels with a pure-PyTorch reference path.
+"""StyleGAN3's custom ops (docs/algorithm.md "Ops"): Triton kernels with a pure-PyTorch reference path.
 
 ``impl='auto'`` runs Triton on CUDA tensors and the reference elsewhere; ``STYLEGAN3_OPS_IMPL`` overrides it.
 """

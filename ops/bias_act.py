@@ -1,4 +1,4 @@
-"""Fused bias + activation + gain + clamp (spec §c.1).
+"""Fused bias + activation + gain + clamp (docs/algorithm.md "Op: bias_act").
 
 ``y = clamp(act(x + b broadcast along dim, alpha) * gain, -clamp, +clamp)``
 """
@@ -17,13 +17,13 @@ from ._dispatch import select_impl
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation of spec §c.1 with its default ``alpha`` (used by 'lrelu' only) and ``gain``."""
+    """An activation of docs/algorithm.md "Op: bias_act" with its default ``alpha`` (used by 'lrelu' only) and ``gain``."""
     name: str
     def_alpha: float
     def_gain: float
 
 
-# Defaults per activation, spec §c.1 (alpha is used by 'lrelu' only).
+# Defaults per activation, docs/algorithm.md "Op: bias_act" (alpha is used by 'lrelu' only).
 ACTIVATIONS = {
     "linear": Activation("linear", 0.0, 1.0),
     "relu": Activation("relu", 0.0, math.sqrt(2)),
@@ -91,7 +91,7 @@ def resolve_args(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
 
 
 def activation_ref(x: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
-    """The plain activation functions of spec §c.1, differentiable by autograd to any order."""
+    """The plain activation functions of docs/algorithm.md "Op: bias_act", differentiable by autograd to any order."""
     if act == "linear":
         return x
     if act == "relu":
@@ -133,7 +133,7 @@ def bias_act_ref(x, b, dim, act, alpha, gain, clamp):
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
              alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
              impl: str = "auto") -> torch.Tensor:
-    """Fused bias, activation, gain and clamp (spec §c.1).
+    """Fused bias, activation, gain and clamp (docs/algorithm.md "Op: bias_act").
 
     Args:
         x: input tensor of any shape, float16/float32/float64 (bfloat16 on GPU).

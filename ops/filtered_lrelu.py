@@ -1,4 +1,4 @@
-"""Filtered leaky ReLU: bias, upsample + FIR, leaky ReLU + gain + clamp, FIR + downsample (spec §c.3).
+"""Filtered leaky ReLU: bias, upsample + FIR, leaky ReLU + gain + clamp, FIR + downsample (docs/algorithm.md "Op: filtered_lrelu").
 
 The nonlinearity runs at the temporary (upsampled) rate between the two filters; this is StyleGAN3's alias
 suppression for the activation.
@@ -20,7 +20,7 @@ from .upfirdn2d import (check_factor, check_filter, check_gain, check_input, fil
 
 def output_shape(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None, up: int, down: int,
                  padding: list[int]) -> tuple[int, int]:
-    """``(out_h, out_w)`` of filtered_lrelu (spec §c.3):
+    """``(out_h, out_w)`` of filtered_lrelu (docs/algorithm.md "Op: filtered_lrelu"):
     ``(in * up + p0 + p1 - (fu_taps - 1) - (fd_taps - 1) + (down - 1)) // down`` per axis."""
     fu_w, fu_h = filter_size(fu)
     fd_w, fd_h = filter_size(fd)
@@ -72,7 +72,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _axis_plan(n: int, up: int, down: int, hu: list, hd: list, p0: int, p1: int):
-    """The phase-domain bookkeeping of filtered_lrelu along one axis (spec §c.3 steps 2-4), ``down`` dividing ``up``.
+    """The phase-domain bookkeeping of filtered_lrelu along one axis (docs/algorithm.md "Op: filtered_lrelu" steps 2-4), ``down`` dividing ``up``.
 
     ``hu``, ``hd``: the up/down filter taps in true-convolution orientation with their gains folded in; the
     input ``x`` has ``n`` samples (zero outside). The upsampled signal ``z`` (length ``Lz``) is split into its ``up``
@@ -185,7 +185,7 @@ def _crop(t: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
 
 class _LreluClamp(torch.autograd.Function):
     """``clamp(leaky_relu(x, slope), -clamp, clamp)``, saving only its output. The gradient is zero where the output
-    sits at the clamp (the CUDA convention of spec §c.1; torch's clamp would pass it at exactly +-clamp), else
+    sits at the clamp (the CUDA convention of docs/algorithm.md "Op: bias_act"; torch's clamp would pass it at exactly +-clamp), else
     the leaky ReLU's; built from differentiable aten ops, so every order works. Needs slope >= 0."""
 
     @staticmethod
@@ -226,7 +226,7 @@ def phase_domain_applies(x: torch.Tensor, fu, fd, up: int, down: int, gain: floa
 
 
 def _filtered_lrelu_phases(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
-    """filtered_lrelu (spec §c.3) computed phase by phase (see _axis_plan), separable filters, channels-last.
+    """filtered_lrelu (docs/algorithm.md "Op: filtered_lrelu") computed phase by phase (see _axis_plan), separable filters, channels-last.
 
     The activation gain is folded into the last filter pass (``clamp(g*lrelu(z), c) = g*clamp(lrelu(z), c/g)``
     for ``g > 0``), the up-filter gain ``up**2`` into the up taps (``up`` per axis). Same values as the definition
@@ -292,7 +292,7 @@ def _filtered_lrelu_phases(x, fu, fd, b, up, down, padding, gain, slope, clamp, 
 def filtered_lrelu_ref(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
                        b: torch.Tensor | None, up: int, down: int, padding: list[int], gain: float,
                        slope: float, clamp: float | None, flip_filter: bool) -> torch.Tensor:
-    """Reference path, spec §c.3 steps 1-4 (arguments already validated); autograd, any order.
+    """Reference path, docs/algorithm.md "Op: filtered_lrelu" steps 1-4 (arguments already validated); autograd, any order.
 
     On CPU the work runs channels-last (PyTorch's CPU depthwise convolutions are several times faster on it,
     and a transposing copy costs more than most of the filtering) and the result is channels-last too. Where
@@ -317,7 +317,7 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Te
                    b: torch.Tensor | None = None, up: int = 1, down: int = 1, padding=0,
                    gain: float = math.sqrt(2), slope: float = 0.2, clamp: float | None = None,
                    flip_filter: bool = False, impl: str = "auto") -> torch.Tensor:
-    """Bias, upsample, filter, leaky ReLU, clamp, filter, downsample (spec §c.3).
+    """Bias, upsample, filter, leaky ReLU, clamp, filter, downsample (docs/algorithm.md "Op: filtered_lrelu").
 
     Args:
         x: ``[N, C, H, W]`` float16/float32/float64 (bfloat16 on GPU).

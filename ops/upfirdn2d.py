@@ -1,4 +1,4 @@
-"""Upsample, FIR-filter, downsample: ``upfirdn2d`` and its helpers (spec §c.2).
+"""Upsample, FIR-filter, downsample: ``upfirdn2d`` and its helpers (docs/algorithm.md "Op: upfirdn2d").
 
 Per channel, in this order: insert ``up - 1`` zeros after each sample; pad by ``[x0, x1, y0, y1]`` (negative
 values crop); convolve in "valid" mode with the filter (true convolution unless ``flip_filter``); keep every
@@ -7,7 +7,7 @@ values crop); convolve in "valid" mode with the filter (true convolution unless 
 The reference path here is polyphase: upsampling is one grouped convolution per pass that computes every output
 phase from the real samples only (never the inserted zeros), filter + decimate is a strided depthwise convolution
 (it computes only the kept outputs), and a separable filter runs as two 1-D passes. Its gradient is the adjoint
-upfirdn2d through the same code (spec §c.2), because PyTorch's CPU transposed convolutions (what autograd would
+upfirdn2d through the same code (docs/algorithm.md "Op: upfirdn2d"), because PyTorch's CPU transposed convolutions (what autograd would
 use for the gradient of a strided convolution) are several times slower than these.
 """
 
@@ -50,7 +50,7 @@ def check_factor(name: str, value, op: str = "upfirdn2d") -> int:
 
 def check_filter(f, name: str = "f", op: str = "upfirdn2d") -> torch.Tensor | None:
     """Validate a FIR filter: None (identity), or a float32 tensor ``[taps]`` (separable) or ``[fh, fw]``
-    (non-separable) that does not require grad (filters are fixed buffers, spec §b.5)."""
+    (non-separable) that does not require grad (filters are fixed buffers, docs/algorithm.md "Filter design")."""
     if f is None:
         return None
     if not isinstance(f, torch.Tensor):
@@ -77,7 +77,7 @@ def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
 
 
 def output_size(in_size: int, up: int, down: int, p0: int, p1: int, taps: int) -> int:
-    """Output length along one axis, ``(in * up + p0 + p1 - taps) // down + 1`` (spec §c.2)."""
+    """Output length along one axis, ``(in * up + p0 + p1 - taps) // down + 1`` (docs/algorithm.md "Op: upfirdn2d")."""
     return (in_size * up + p0 + p1 - taps) // down + 1
 
 
@@ -115,7 +115,7 @@ def adjoint_padding(in_h: int, in_w: int, out_h: int, out_w: int, fw: int, fh: i
     """Padding of the upfirdn2d that is the adjoint (the gradient with respect to ``x``) of
     ``upfirdn2d(x [.., in_h, in_w], f [fh, fw], up, down, padding) -> [.., out_h, out_w]``.
 
-    The adjoint runs with ``up`` and ``down`` swapped, the filter flip toggled and the same gain (spec §c.2).
+    The adjoint runs with ``up`` and ``down`` swapped, the filter flip toggled and the same gain (docs/algorithm.md "Op: upfirdn2d").
     """
     px0, _, py0, _ = padding
     return [fw - px0 - 1, in_w * up - out_w * down + px0 - up + 1,
@@ -210,7 +210,7 @@ def upfirdn2d_compute(x: torch.Tensor, f: torch.Tensor | None, up: int, down: in
     if f.ndim == 2:
         x = _pass(x, f, (up, up), (down, down), padding, flip_filter)
     else:
-        # Separable: along x, then along y (spec §c.2), each with sqrt(gain).
+        # Separable: along x, then along y (docs/algorithm.md "Op: upfirdn2d"), each with sqrt(gain).
         x = _pass(x, f[None, :], (1, up), (1, down), [px0, px1, 0, 0], flip_filter)
         x = _pass(x, f[:, None], (up, 1), (down, 1), [0, 0, py0, py1], flip_filter)
     return x.contiguous(memory_format=fmt)
@@ -218,7 +218,7 @@ def upfirdn2d_compute(x: torch.Tensor, f: torch.Tensor | None, up: int, down: in
 
 def adjoint_function(forward_value, name: str) -> type:
     """An autograd Function ``apply(x, f, up, down, padding, flip_filter, gain)`` whose forward is
-    ``forward_value`` (same arguments) and whose gradient is the adjoint upfirdn2d (spec §c.2) computed by the
+    ``forward_value`` (same arguments) and whose gradient is the adjoint upfirdn2d (docs/algorithm.md "Op: upfirdn2d") computed by the
     Function itself, so every order of gradients works. Used by the reference and the Triton path alike."""
 
     def forward(ctx, x, f, up, down, padding, flip_filter, gain):
@@ -256,7 +256,7 @@ def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, p
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,
               flip_filter: bool = False, gain: float = 1, impl: str = "auto") -> torch.Tensor:
-    """Upsample by zero insertion, pad, FIR-filter and downsample, per channel (spec §c.2).
+    """Upsample by zero insertion, pad, FIR-filter and downsample, per channel (docs/algorithm.md "Op: upfirdn2d").
 
     Args:
         x: ``[N, C, H, W]`` float16/float32/float64 (bfloat16 on GPU).
@@ -287,7 +287,7 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 
 
 def setup_filter(f, device=torch.device("cpu"), normalize: bool = True, flip_filter: bool = False,
                  gain: float = 1, separable: bool | None = None) -> torch.Tensor:
-    """Turn filter taps into the float32 tensor the ops expect (spec §c.2).
+    """Turn filter taps into the float32 tensor the ops expect (docs/algorithm.md "Op: upfirdn2d").
 
     Args:
         f: taps as a tensor, array or nested list: a scalar, ``[taps]`` or ``[fh, fw]``; None means ``[1]``.

@@ -1,4 +1,4 @@
-"""Triton bias_act (spec §c.1): one fused elementwise kernel for the value and its first and second derivatives.
+"""Triton bias_act (docs/algorithm.md "Op: bias_act"): one fused elementwise kernel for the value and its first and second derivatives.
 
 ``y = clamp(act(x + b) * gain, -clamp, clamp)``. The autograd Functions call the same kernel in three modes:
 ``ORDER = 0`` the value, ``1`` the input gradient ``g * gain * act'(z) * m``, ``2`` the second-order term

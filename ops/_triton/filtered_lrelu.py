@@ -1,4 +1,4 @@
-"""Fused Triton filtered leaky ReLU (spec §c.3), forward and every order of gradient.
+"""Fused Triton filtered leaky ReLU (docs/algorithm.md "Op: filtered_lrelu"), forward and every order of gradient.
 
 One kernel launch per call computes, tile by tile,
 
@@ -7,7 +7,7 @@ One kernel launch per call computes, tile by tile,
 without ever writing the upsampled signal to global memory.
 
 Formulation. Per axis every stage is a banded matrix acting on a tile. With ``g = fu`` flipped for true
-convolution (``flip_filter=False``, spec §c.2 step 3), the upsampled-rate signal at index ``t`` is
+convolution (``flip_filter=False``, docs/algorithm.md "Op: upfirdn2d" step 3), the upsampled-rate signal at index ``t`` is
 ``V[t] = up² · Σ_m X[m] · g_u[m·up + px0 − t]`` and the output is ``Y[o] = Σ_t A[t] · g_d[t − o·down]``
 with ``A = clamp(lrelu(V)·gain)``. A program owns a block of outputs ``[o0, o0 + bo)`` of one (n, c) plane;
 it builds the two banded matrices of each stage from the taps (index arithmetic + a gather of the tiny filter)
@@ -36,7 +36,7 @@ hi part and a 2^11-scaled fp16 lo part (exact to ~2^-22; two dots), float32/bflo
 the same way after an exact power-of-two scale from the tile's largest exponent (three dots: hi·hi, hi·lo, lo·hi),
 float64 on CUDA cores. Each stage's two passes run in the cheaper order (``XF1``/``XF2``).
 
-Sign/clamp codes (spec §c.3, "sign-bit trick"). When a gradient will be needed, the forward also writes a
+Sign/clamp codes (docs/algorithm.md "Op: filtered_lrelu", "sign-bit trick"). When a gradient will be needed, the forward also writes a
 2-bit code per element of the part of the upsampled signal that influences the output: bit 0 set = the value
 was negative (slope applied), the value 2 = clamped (|lrelu(v)·gain| > clamp, gradient 0), 0 = passed. Four
 codes are packed per byte, element ``t_x`` in bits ``2·(t_x mod 4)`` of byte ``t_x // 4``, in a uint8 tensor
@@ -68,7 +68,7 @@ from . import launch as launch_kernel
 
 __all__ = ["filtered_lrelu_triton"]
 
-# Codes written/read by the kernel (spec §c.3).
+# Codes written/read by the kernel (docs/algorithm.md "Op: filtered_lrelu").
 CODE_PASS, CODE_NEG, CODE_CLAMP = 0, 1, 2
 
 # Kernel modes.
@@ -298,7 +298,7 @@ def _flrelu_kernel(
     else:
         my = m0y + tl.arange(0, BMY).to(tl.int64)
         mx = m0x + tl.arange(0, BMX).to(tl.int64)
-        # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, spec §c.3 step 1)
+        # ---- input tile (bias only on real samples: padding/zero-insertion stays zero, docs/algorithm.md "Op: filtered_lrelu" step 1)
         in_mask = ((my >= 0) & (my < in_h))[:, None] & ((mx >= 0) & (mx < in_w))[None, :]
         x = tl.load(in_ptr + plane_in + my[:, None] * in_w + mx[None, :], mask=in_mask, other=0.0).to(cdt)
         if HAS_BIAS:
@@ -423,7 +423,7 @@ _factor_cache: dict = {}
 def _factor_filter(f: torch.Tensor | None, flip_filter: bool, device, cdtype):
     """Filter -> (hy [R, Ty], hx [R, Tx]) rank-1 factors of the correlation kernel g, g[a, b] = Σ_r hy[r,a]·hx[r,b].
 
-    g is `f` flipped on every axis unless `flip_filter` (true convolution, spec §c.2). None -> identity [[1]].
+    g is `f` flipped on every axis unless `flip_filter` (true convolution, docs/algorithm.md "Op: upfirdn2d"). None -> identity [[1]].
     1-D [T] (separable: along x, then y) -> R = 1. 2-D [fh, fw] -> SVD, dropping singular values below
     1e-8 of the largest (1e-10 for float64). Results are cached per filter tensor object and version (filters are
     fixed buffers), so a CUDA filter costs one host round-trip (the SVD) the first time only.
@@ -596,7 +596,7 @@ class _Plan:
             raise ValueError(f"filtered_lrelu: padding {list(padding)} leaves no output for input {in_h}x{in_w} "
                              f"(up={up}, down={down}, taps fu={tu_y}x{tu_x}, fd={td_y}x{td_x})")
         self.n, self.c, self.in_h, self.in_w, self.out_h, self.out_w = n, c, in_h, in_w, out_h, out_w
-        # Region of the upsampled signal that influences the output (code tensor extent, spec §c.3).
+        # Region of the upsampled signal that influences the output (code tensor extent, docs/algorithm.md "Op: filtered_lrelu").
         self.code_h = (out_h - 1) * down + td_y
         self.code_w = (out_w - 1) * down + td_x
         self.code_stride = -(-self.code_w // 16) * 4
@@ -611,13 +611,13 @@ class _Plan:
         self.dot = {torch.float64: _DOT_IEEE, torch.float16: _DOT_FP16}.get(x.dtype, _DOT_FP16X3)
         uy, ux = _factor_filter(fu, flip_filter, x.device, cdtype)
         dy, dx = _factor_filter(fd, flip_filter, x.device, cdtype)
-        # Stage gain up² of the upsampling FIR (spec §c.3 step 2), folded into the y factors of stage 1.
+        # Stage gain up² of the upsampling FIR (docs/algorithm.md "Op: filtered_lrelu" step 2), folded into the y factors of stage 1.
         scale = float(up * up)
         # Forward direction: stage 1 = upsample by `up` with fu (offset px0), stage 2 = fd + decimate.
         self.fwd = dict(h1y=uy * scale, h1x=ux, h2y=dy, h2x=dx,
                         a1=(up, up), c1=(py0, px0), t1=(tu_y, tu_x),
                         a2=(down, down), c2=(0, 0), t2=(td_y, td_x))
-        # Adjoint: the transposed stages — filters reversed (the flip toggle), factors swapped (spec §c.3).
+        # Adjoint: the transposed stages — filters reversed (the flip toggle), factors swapped (docs/algorithm.md "Op: filtered_lrelu").
         self.bwd = dict(h1y=dy.flip(-1).contiguous(), h1x=dx.flip(-1).contiguous(),
                         h2y=(uy * scale).flip(-1).contiguous(), h2x=ux.flip(-1).contiguous(),
                         a1=(down, down), c1=(td_y - 1, td_x - 1), t1=(td_y, td_x),
@@ -700,7 +700,7 @@ class _FilteredLReLU(torch.autograd.Function):
 
 def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter, *, _max_dim=None,
                           _gpu_tiles=False):
-    """Fused filtered leaky ReLU (spec §c.3) on a Triton kernel.
+    """Fused filtered leaky ReLU (docs/algorithm.md "Op: filtered_lrelu") on a Triton kernel.
 
     Args:
         x: [N, C, H, W] float16 / bfloat16 / float32 (float64 for gradcheck) on CUDA, or CPU under

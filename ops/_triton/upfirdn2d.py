@@ -1,4 +1,4 @@
-"""Triton upfirdn2d (spec §c.2): polyphase upsample + pad + FIR + downsample in one kernel per pass.
+"""Triton upfirdn2d (docs/algorithm.md "Op: upfirdn2d"): polyphase upsample + pad + FIR + downsample in one kernel per pass.
 
 Each output sample ``o`` (per axis) reads the padded, zero-inserted signal at ``i = o * down + t - p0`` for the
 taps ``t``; only taps with ``i % up == 0`` meet a real input sample ``i / up``. The kernel therefore visits just

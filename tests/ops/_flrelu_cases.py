@@ -1,4 +1,4 @@
-"""Shared cases and an independent float64 construction of filtered_lrelu (spec §c.3) for the kernel tests.
+"""Shared cases and an independent float64 construction of filtered_lrelu (docs/algorithm.md "Op: filtered_lrelu") for the kernel tests.
 
 The construction follows the definition literally: bias, explicit zero-insertion, pad/crop, true convolution
 with the (flipped) filter per channel via conv2d, leaky ReLU · gain, clamp, convolution with fd, then every
@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 
 def firwin(numtaps: int, cutoff: float, width: float, fs: float) -> torch.Tensor:
-    """Separable Kaiser low-pass, spec §b.5 -> [numtaps] float32."""
+    """Separable Kaiser low-pass, docs/algorithm.md "Filter design" -> [numtaps] float32."""
     return torch.tensor(scipy.signal.firwin(numtaps, cutoff, width=width, fs=fs), dtype=torch.float32)
 
 
 def jinc(numtaps: int, cutoff: float, width: float, fs: float) -> torch.Tensor:
-    """Radial jinc·Kaiser low-pass, spec §b.5 -> [numtaps, numtaps] float32."""
+    """Radial jinc·Kaiser low-pass, docs/algorithm.md "Filter design" -> [numtaps, numtaps] float32."""
     u = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
     r = np.hypot(*np.meshgrid(u, u))
     f = scipy.special.j1(2 * cutoff * np.pi * r) / (np.pi * r)
@@ -44,13 +44,13 @@ def _conv_valid(x: torch.Tensor, f: torch.Tensor | None, flip_filter: bool) -> t
 
 
 def pre_activation(x, fu, b, up, padding, flip_filter):
-    """Steps 1-2 of spec §c.3 in float64: the upsampled signal before the nonlinearity."""
+    """Steps 1-2 of docs/algorithm.md "Op: filtered_lrelu" in float64: the upsampled signal before the nonlinearity."""
     x = x.to(torch.float64)
     if b is not None:
         x = x + b.to(torch.float64).view(1, -1, 1, 1)
     n, c, h, w = x.shape
     z = x.new_zeros(n, c, h * up, w * up)
-    z[:, :, ::up, ::up] = x  # sample k -> position k·up, zeros after it (spec §c.2 step 1)
+    z[:, :, ::up, ::up] = x  # sample k -> position k·up, zeros after it (docs/algorithm.md "Op: upfirdn2d" step 1)
     px0, px1, py0, py1 = padding
     z = F.pad(z, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     z = z[:, :, max(-py0, 0):z.shape[2] - max(-py1, 0), max(-px0, 0):z.shape[3] - max(-px1, 0)]
@@ -58,7 +58,7 @@ def pre_activation(x, fu, b, up, padding, flip_filter):
 
 
 def reference(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
-    """Float64 filtered_lrelu by the definition (spec §c.3), differentiable by autograd."""
+    """Float64 filtered_lrelu by the definition (docs/algorithm.md "Op: filtered_lrelu"), differentiable by autograd."""
     v = pre_activation(x, fu, b, up, padding, flip_filter)
     a = torch.where(v < 0, v * slope, v) * gain
     if clamp is not None:
@@ -115,7 +115,7 @@ CASES = {row[0]: row for row in LAYERS + EXTRA}
 
 
 def _ref_codes(v: torch.Tensor, gain: float, slope: float, clamp: float | None) -> torch.Tensor:
-    """Expected 2-bit codes of the float64 pre-activation `v` (spec §c.3): 1 negative, 2 clamped, 0 pass."""
+    """Expected 2-bit codes of the float64 pre-activation `v` (docs/algorithm.md "Op: filtered_lrelu"): 1 negative, 2 clamped, 0 pass."""
     a = torch.where(v < 0, v * slope, v) * gain
     code = (v < 0).to(torch.uint8)
     if clamp is not None:

@@ -40,7 +40,7 @@ def check_definition(up: int, down: int, kind: str, device: str = "cpu") -> None
 
 def _model_calls():
     """The upfirdn2d calls of the models at reduced size: both halves of every StyleGAN3 layer configuration's
-    filtered_lrelu (generic path) and the discriminator's [1, 3, 3, 1] blur / downsample (spec §c.4)."""
+    filtered_lrelu (generic path) and the discriminator's [1, 3, 3, 1] blur / downsample (docs/algorithm.md "Resampling convolutions")."""
     calls = []
     for name, up, down, fu_t, fd_t, radial, pad, _, _, _, _, small in SG3_LAYERS:
         fu, fd = layer_filters(up, down, fu_t, fd_t, radial)

@@ -1,4 +1,4 @@
-"""Independent float64 constructions of the ops straight from their definitions (spec §c), for tests.
+"""Independent float64 constructions of the ops straight from their definitions (docs/algorithm.md "Ops"), for tests.
 
 Deliberately naive and independent of ops/: explicit zero insertion, explicit pad/crop by index arithmetic, the
 FIR as a sum of shifted slices (no conv2d), decimation by slicing. Also the StyleGAN3 layer configurations the
@@ -45,7 +45,7 @@ def upfirdn2d_def(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, g
 
 
 def filtered_lrelu_def(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter=False):
-    """float64 filtered_lrelu by the steps of spec §c.3."""
+    """float64 filtered_lrelu by the steps of docs/algorithm.md "Op: filtered_lrelu"."""
     x = x.double()
     if b is not None:
         x = x + b.double().reshape(1, -1, 1, 1)

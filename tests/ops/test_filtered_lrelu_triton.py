@@ -1,4 +1,4 @@
-"""The fused Triton filtered_lrelu kernel (ops/_triton/filtered_lrelu.py, spec §c.3) under TRITON_INTERPRET=1.
+"""The fused Triton filtered_lrelu kernel (ops/_triton/filtered_lrelu.py, docs/algorithm.md "Op: filtered_lrelu") under TRITON_INTERPRET=1.
 
 The checks (tests/ops/_flrelu_cases.py) run in a worker process started with TRITON_INTERPRET=1 in its
 environment, so the variable is set before any kernel module is imported (Triton reads it at decoration time).

@@ -1,5 +1,5 @@
 """The reference (PyTorch) path of the ops against independent float64 constructions of their definitions
-(spec §c), gradients by gradcheck/gradgradcheck, argument validation and dispatch."""
+(docs/algorithm.md "Ops"), gradients by gradcheck/gradgradcheck, argument validation and dispatch."""
 
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def test_filtered_lrelu_phase_domain_gradients_and_path_choice(monkeypatch):
 
 
 def test_phase_domain_activation_gradient_convention():
-    # _LreluClamp: leaky ReLU's gradient, and zero where the output sits at the clamp (spec §c.1's CUDA rule).
+    # _LreluClamp: leaky ReLU's gradient, and zero where the output sits at the clamp (docs/algorithm.md "Op: bias_act"'s CUDA rule).
     from ops.filtered_lrelu import _LreluClamp
 
     x = torch.tensor([-3.0, -1.0, 0.5, 2.0, 5.0], dtype=torch.float64, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Triton bias_act vs the reference path (spec §c.1): forward, first and second order gradients, gradcheck.
+"""Triton bias_act vs the reference path (docs/algorithm.md "Op: bias_act"): forward, first and second order gradients, gradcheck.
 
 On CPU each check runs in the kernel worker under TRITON_INTERPRET=1 (a kernel crash fails one test only).
 """

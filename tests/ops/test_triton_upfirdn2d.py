@@ -1,4 +1,4 @@
-"""Triton upfirdn2d vs the float64 definition and the reference path (spec §c.2): forward for every
+"""Triton upfirdn2d vs the float64 definition and the reference path (docs/algorithm.md "Op: upfirdn2d"): forward for every
 up/down/filter kind with negative paddings and flips, the models' calls in fp32 and fp16, first- and second-order
 gradients, gradcheck. On CPU each check runs in the kernel worker under TRITON_INTERPRET=1."""
 
