@@ -3,7 +3,7 @@
     python -m pipeline.registry list
     python -m pipeline.registry show stylegan3-emoji-t            # all versions, aliases, metrics
     python -m pipeline.registry show stylegan3-emoji-t@champion           # also models:/NAME@ALIAS, models:/NAME/3
-    python -m pipeline.registry show outputs/runs/demo-emoji32-t/checkpoint_000004   # any network source
+    python -m pipeline.registry show outputs/runs/demo-emoji-faces16-t/checkpoint_0000006.000kimg   # any network source
     python -m pipeline.registry promote stylegan3-emoji-t 3 --alias champion
 
 A network source (`fetch_network`, the one resolver used by generate, metrics, `train --resume` and
