@@ -19,7 +19,6 @@ import io
 import json
 import multiprocessing
 import os
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -241,12 +240,12 @@ def _write_json(uri: str, doc: dict) -> None:
     storage.write_bytes(uri, (json.dumps(doc, indent=1) + "\n").encode())
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0  # deterministic shards: same input and options, same sha256
-    tar.addfile(info, io.BytesIO(data))
+def shard_writer(path: str):
+    """webdataset's TarWriter for one shard, set up for reproducible bytes: same input and options, same
+    sha256 (fixed mtime, owner, mode and tar format; samples hold bytes, no encoder runs)."""
+    import webdataset  # a second of import time, only when a set is built
+
+    return webdataset.TarWriter(path, encoder=False, mtime=0, mode=0o644, user="", group="", format="GNU_FORMAT")
 
 
 def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log=print) -> BuildResult:
@@ -345,7 +344,7 @@ def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log
             lo, hi = i * opts.shard_size, min((i + 1) * opts.shard_size, len(names))
             path = os.path.join(tmpdir, shard_name(i))
             skipped, converted, count = [], Counter(), 0
-            with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+            with shard_writer(path) as tar:
                 for _ in range(lo, hi):
                     index, png, reason, note = next(results)
                     bar.update(1)
@@ -356,12 +355,12 @@ def build(src: str, dest: str, opts: BuildOptions, *, progress: bool = True, log
                     if label_ext and name not in labels:
                         skipped.append({"name": name, "reason": "no label (not in dataset.json / not in a class folder)"})
                         continue
-                    key = f"{index:08d}"
-                    _tar_add(tar, f"{key}.png", png)
+                    sample = {"__key__": f"{index:08d}", "png": png}
                     if label_ext == "cls":
-                        _tar_add(tar, f"{key}.cls", str(labels[name]).encode())
+                        sample["cls"] = str(labels[name]).encode()
                     elif label_ext == "json":
-                        _tar_add(tar, f"{key}.json", json.dumps([float(v) for v in labels[name]]).encode())
+                        sample["json"] = json.dumps([float(v) for v in labels[name]]).encode()
+                    tar.write(sample)
                     if note:
                         converted[note] += 1
                     count += 1
