@@ -1,5 +1,5 @@
 """Input-pipeline throughput: our Ray Data reader vs plain webdataset + torch DataLoader, same shards, same
-PNG decode (`pipeline.data.images.decode_png_into`), same run.
+PNG decode (`pipeline.data.image_codec.decode_png_into`), same run.
 
     python bench/data.py                      # 64 and 256 px, demo:emoji shards built into ./.cache/bench-data
     python bench/data.py --resolutions 64 --passes 2 --batch 64
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.data import ImageStream, default_passes, ensure_demo_shards  # noqa: E402
-from pipeline.data.images import decode_png_into  # noqa: E402
+from pipeline.data.image_codec import decode_png_into  # noqa: E402
 from pipeline.data.manifest import dataset_info  # noqa: E402
 
 

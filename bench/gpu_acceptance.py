@@ -239,7 +239,8 @@ def train_steps(a, device, report: Report, budget: Budget) -> list[dict]:
     import torch
 
     from pipeline.training.config import TrainConfig
-    from pipeline.training.loop import Trainer, build_networks
+    from pipeline.training.loop import build_networks
+    from pipeline.training.trainer import Trainer
 
     rows = []
     for cfg_name in ("stylegan3-t", "stylegan3-r"):
@@ -248,7 +249,7 @@ def train_steps(a, device, report: Report, budget: Budget) -> list[dict]:
             continue
         t0 = time.monotonic()
         try:
-            cfg = TrainConfig().replace(model={"cfg": cfg_name, **a.train_model}, schedule={"batch": a.train_batch},
+            cfg = TrainConfig().replace(model={"preset": cfg_name, **a.train_model}, schedule={"batch": a.train_batch},
                                         aug={"mode": "ada"}, run={"workers": 1})
             cfg = cfg.resolved(resolution=a.res, img_channels=3, c_dim=0)
             G, D = build_networks(cfg)

@@ -26,12 +26,13 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from pipeline.training.config import TrainConfig  # noqa: E402
-from pipeline.training.loop import Trainer, build_networks  # noqa: E402
+from pipeline.training.loop import build_networks  # noqa: E402
+from pipeline.training.trainer import Trainer  # noqa: E402
 
 
 def make_config(a, workers: int) -> TrainConfig:
     cfg = TrainConfig().replace(
-        model={"cfg": a.cfg, "cbase": a.cbase, "cmax": a.cmax},
+        model={"preset": a.cfg, "cbase": a.cbase, "cmax": a.cmax},
         schedule={"batch": a.batch}, aug={"mode": a.aug}, run={"workers": workers})
     return cfg.resolved(resolution=a.res, img_channels=3, c_dim=0)
 
@@ -55,7 +56,7 @@ def run_worker(rank: int, world: int, a, store: str, out: str) -> None:
     cfg = make_config(a, world)
     G, D = build_networks(cfg)
     t = Trainer(cfg, G, D, device, rank, world)
-    n = cfg.per_worker_batch
+    n = cfg.worker_batch
     img = torch.randint(0, 256, [n, 3, a.res, a.res], dtype=torch.uint8)
     c = torch.zeros([n, 0])
     _timed_step(t, img, c, device)  # warm-up (step 0 runs Dreg)

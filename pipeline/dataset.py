@@ -68,8 +68,8 @@ def _save_grid(info, out_path: str, count: int) -> int:
     import numpy as np
 
     from pipeline import storage
-    from pipeline.data.images import decode_png_into
-    from pipeline.images import save_png, tile
+    from pipeline.data.image_codec import decode_png_into
+    from pipeline.pixels import save_png, tile
 
     res, ch = info.resolution, info.channels
     images = []

@@ -54,7 +54,7 @@ def _ws_for_seed(G, seed: int, psi: float, class_idx: int) -> torch.Tensor:
 @torch.no_grad()
 def images_for_seeds(G, seeds: list[int], psi: float = 1.0, class_idx: int = 0) -> torch.Tensor:
     """uint8 [len(seeds), C, H, W]."""
-    from pipeline.images import to_uint8
+    from pipeline.pixels import to_uint8
     from pipeline.pyfunc import generate_image
 
     return torch.cat([to_uint8(generate_image(G, s, psi, class_idx)) for s in seeds])
@@ -65,7 +65,7 @@ def video_frames(G, kind: str, seeds: list[int], frames: int, psi: float = 1.0, 
                  radius: float = 0.1):
     """Yield uint8 [H, W, C] frames of an `interp`, `translate` or `rotate` video."""
     import models
-    from pipeline.images import to_uint8
+    from pipeline.pixels import to_uint8
 
     if kind == "interp":
         ws = [_ws_for_seed(G, s, psi, class_idx) for s in seeds] if len(seeds) > 1 else \
@@ -134,7 +134,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from pipeline.images import save_png, tile
+    from pipeline.pixels import save_png, tile
     from pipeline.model_sources import SourceError, load_generator
     from pipeline.training.devices import local_device
 

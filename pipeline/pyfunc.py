@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import models
-from pipeline.images import png_bytes, to_uint8
+from pipeline.pixels import png_bytes, to_uint8
 
 NETWORK_ARTIFACT = "network"
 

@@ -74,7 +74,7 @@ def dataset_name(data_uri: str | None) -> str:
 
 def default_model_name(cfg) -> str:
     """`stylegan3-<dataset>-<t|r>`."""
-    return f"stylegan3-{dataset_name(cfg.data.uri)}-{cfg.model.cfg.removeprefix('stylegan3-')}"
+    return f"stylegan3-{dataset_name(cfg.data.uri)}-{cfg.model.preset.removeprefix('stylegan3-')}"
 
 
 def git_commit() -> str | None:
@@ -276,7 +276,7 @@ class MlflowCallbacks(TrainCallbacks):
             pkg = "unknown"
         import torch
 
-        tags = {"stylegan3.package_version": pkg, "stylegan3.cfg": self.cfg.model.cfg,
+        tags = {"stylegan3.package_version": pkg, "stylegan3.cfg": self.cfg.model.preset,
                 "stylegan3.device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "stylegan3.dataset": self.cfg.data.uri or "demo:emoji",
                 "mlflow.runName": self.cfg.run.run_name or "stylegan3"}

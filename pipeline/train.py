@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if demo:
         args.data = None
     cfg = config_from_args(args)
-    from pipeline.training.trainer import choose_device, fit, latest_checkpoint, prepare, run_dir
+    from pipeline.training.launch import choose_device, fit, latest_checkpoint, prepare, run_dir
 
     try:
         cfg.validate()  # flag-only checks first: fail before building or reading any data
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     previous = latest_checkpoint(cfg)
-    print(f"run {cfg.run.run_name}: {cfg.model.cfg} {cfg.model.resolution}x{cfg.model.resolution}, "
+    print(f"run {cfg.run.run_name}: {cfg.model.preset} {cfg.model.resolution}x{cfg.model.resolution}, "
           f"{info.num_images} images from {cfg.data.uri}, batch {cfg.schedule.batch} on {cfg.run.workers} "
           f"worker(s), gamma {cfg.loss.gamma:g}{gamma_note(args.gamma)}, {cfg.schedule.kimg:g} kimg", flush=True)
     print(f"  checkpoints: {run_dir(cfg)}" + (f"  (resuming from {previous})" if previous else ""), flush=True)

@@ -228,7 +228,7 @@ def plan(args: argparse.Namespace, argv: list[str] | None = None) -> Sweep:
     Raises SpaceError or ConfigError (one sentence each)."""
     from pipeline.metrics import ALL_METRICS
     from pipeline.tracking import dataset_name, default_model_name
-    from pipeline.training.trainer import prepare
+    from pipeline.training.launch import prepare
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
@@ -257,12 +257,12 @@ def plan(args: argparse.Namespace, argv: list[str] | None = None) -> Sweep:
         cfg = cfg.replace(run={"callbacks": "pipeline.tune:make_trial_callbacks"})
     cfg = cfg.replace(run={"run_name": "trial"})  # per trial; keeps prepare() from deriving one
     cfg, info = prepare(cfg)
-    spaces = {**default_spaces(cfg.model.resolution, cfg.model.cfg), **given}
+    spaces = {**default_spaces(cfg.model.resolution, cfg.model.preset), **given}
     snap_kimg = cfg.schedule.tick * max(cfg.schedule.snap, 1)
     if args.grace_kimg is not None and not 0 < args.grace_kimg <= args.kimg:
         raise ConfigError(f"--grace-kimg {args.grace_kimg:g} must lie in (0, --kimg-per-trial {args.kimg:g}]")
     grace = args.grace_kimg if args.grace_kimg is not None else min(max(args.kimg / 8, snap_kimg), args.kimg)
-    name = args.name or f"tune-{dataset_name(cfg.data.uri)}-{cfg.model.cfg.removeprefix('stylegan3-')}"
+    name = args.name or f"tune-{dataset_name(cfg.data.uri)}-{cfg.model.preset.removeprefix('stylegan3-')}"
     if not name or any(ch in name for ch in "/\\ "):
         raise ConfigError(f"--name {name!r} must be a non-empty name without slashes or spaces")
     return Sweep(name=name, base=cfg, info=info, spaces=spaces, num_samples=args.num_samples, metric=args.metric,
@@ -283,7 +283,7 @@ def check_cluster(sweep: Sweep) -> int:
     import ray
 
     from pipeline.data.reader import DATA_NUM_CPUS
-    from pipeline.training.trainer import choose_device
+    from pipeline.training.launch import choose_device
 
     sweep.base = choose_device(sweep.base)
     r = sweep.base.run
@@ -320,7 +320,7 @@ def run_trial(params: dict[str, float], sweep: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.data import dataset_info
-    from pipeline.training.trainer import build_trainer
+    from pipeline.training.launch import build_trainer
 
     trial_id = tune.get_context().get_trial_id()
     base = TrainConfig.from_dict(sweep["base"])
@@ -526,7 +526,7 @@ def _trials(results) -> dict[str, Any]:
 
 def collect_rows(sweep: Sweep, results) -> list[TrialRow]:
     """One row per trial of a ResultGrid: its parameters, last reported metric, kimg reached and state."""
-    from pipeline.training.trainer import latest_checkpoint
+    from pipeline.training.launch import latest_checkpoint
 
     trials = _trials(results)
     rows = []

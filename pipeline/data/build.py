@@ -28,7 +28,7 @@ import PIL.Image
 
 from pipeline import storage
 from pipeline.data.errors import DataError
-from pipeline.data.images import PNG_COMPRESS_LEVEL, TRANSFORMS, encode_png, native_channels, to_channels, transform_image
+from pipeline.data.image_codec import PNG_COMPRESS_LEVEL, TRANSFORMS, encode_png, native_channels, to_channels, transform_image
 from pipeline.data.sources import Source, SourceReader, SourceSpec, open_source
 
 MANIFEST_NAME = "manifest.json"

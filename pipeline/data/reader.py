@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.data.errors import DataError
-from pipeline.data.images import decode_png_into
+from pipeline.data.image_codec import decode_png_into
 from pipeline.data.manifest import DatasetInfo, check_info, dataset_info
 
 # Ray Data CPU reservation per read+decode task: four fit on one core, so Ray Train workers (which hold
@@ -216,7 +216,7 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
     with `world_size` > 1, rank r reads every world_size-th shard of each pass's order. At most `concurrency`
     read+decode tasks run at once (default: `default_concurrency()`). `counter` (see `corrupt_counter`)
     collects the distinct corrupt samples; one with the budget of `max_corrupt` (see `corrupt_budget`) is made
-    when None. The counter actor is `ds.stylegan3_counter`."""
+    when None (a caller that wants to read the count makes its own and passes it here)."""
     import ray
 
     info = info or dataset_info(uri)
@@ -248,7 +248,6 @@ def make_dataset(uri: str, resolution: int | None = None, channels: int | None =
                        c_dim=info.c_dim, use_labels=use_labels, mirror=mirror, counter=counter),
         **remote_args,
     )
-    ds.stylegan3_counter = counter
     return ds
 
 

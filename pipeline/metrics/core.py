@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import torch
 
 from pipeline.data import dataset_info, make_dataset
-from pipeline.images import to_uint8  # conversion of docs/algorithm.md "Metrics", shared with generation and grids
+from pipeline.pixels import to_uint8  # conversion of docs/algorithm.md "Metrics", shared with generation and grids
 import pipeline.metrics.equivariance as equivariance
 import pipeline.metrics.fid as fidlib
 import pipeline.metrics.spectrum as spectrumlib

@@ -28,7 +28,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from pipeline.metrics.images import ImageSource, iter_batches
+from pipeline.metrics.batches import ImageSource, iter_batches
 from pipeline.storage import sha256_file
 
 DETECTOR_BATCH = 64  # docs/algorithm.md "Metrics": detector batch

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from pipeline.metrics.images import ImageSource, iter_batches
+from pipeline.metrics.batches import ImageSource, iter_batches
 
 def mean_power_spectrum(images: ImageSource, pad: int = 2, beta: float = 8.0,
                         max_images: Optional[int] = None) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ops import upfirdn2d
-from pipeline.metrics.images import ImageSource, iter_batches
+from pipeline.metrics.batches import ImageSource, iter_batches
 
 _PYR_FILTER = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 PATCH = 7

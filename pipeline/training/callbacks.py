@@ -15,7 +15,7 @@ is called with the resolved TrainConfig and returns a `TrainCallbacks`) on the r
                                   quality metric) that are merged into the report.
 - on_end(trainer)                 after the last tick.
 
-`trainer` is the `pipeline.training.loop.Trainer`: trainer.G_ema / G / D, trainer.cfg, trainer.cur_nimg,
+`trainer` is the `pipeline.training.trainer.Trainer`: trainer.G_ema / G / D, trainer.cfg, trainer.cur_nimg,
 trainer.extra. Exceptions propagate (a failing tracker fails the worker, which FailureConfig restarts).
 """
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import models
-from pipeline.images import save_png, tile, to_uint8
+from pipeline.pixels import save_png, tile, to_uint8
 from pipeline.model_sources import NETWORK_FILE, fetch_network
 
 STATE_FILE = "state.pt"
@@ -59,7 +59,7 @@ def save(trainer, directory: str | os.PathLike) -> None:
     models.save_network(d / NETWORK_FILE, G=trainer.G, D=trainer.D, G_ema=trainer.G_ema,
                         extra={"cur_nimg": trainer.cur_nimg, "kimg": trainer.cur_nimg / 1000})
     torch.save(trainer.state_dict(), d / STATE_FILE)
-    save_grid(fakes_grid(trainer.G_ema, trainer.cfg.chunk), d / GRID_FILE)
+    save_grid(fakes_grid(trainer.G_ema, trainer.cfg.forward_batch), d / GRID_FILE)
 
 
 def write_meta(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:

@@ -32,12 +32,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cfg: str = "stylegan3-t"  # architecture preset: stylegan3-t (translation eq.) | stylegan3-r (rotation eq.)
+    preset: str = "stylegan3-t"  # architecture preset (--cfg): stylegan3-t (translation eq.) | stylegan3-r (rotation eq.)
     resolution: int | None = None  # output resolution in px (square, power of 2); None = the dataset's
     cbase: int = 32768  # channel base; channels at a layer = min(cbase / size, cmax) (R doubles both, docs/algorithm.md "Official training options")
     cmax: int = 512  # channel maximum
     map_depth: int = 2  # mapping-network layers (StyleGAN3: 2)
-    mbstd_group: int = 4  # minibatch-std group size of D; per-worker chunks must be multiples of it
+    mbstd_group: int = 4  # minibatch-std group size of D; the forward batch must be a multiple of it
     img_channels: int | None = None  # 1 or 3; None = the dataset's
     c_dim: int | None = None  # label dimension (0 = unconditional); None = the dataset's (with --cond)
     z_dim: int = 512  # latent size
@@ -75,7 +75,9 @@ class AugConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     batch: int = 32  # global batch (images per step over all workers)
-    batch_per_worker: int | None = None  # images per forward pass on one worker; None = batch / workers
+    # images per forward pass on one worker (--batch-per-worker, the official --batch-gpu); smaller than the worker
+    # batch (batch / workers) = gradient accumulation over worker_batch / forward_batch passes; None = worker batch
+    forward_batch: int | None = None
     kimg: float = 25000  # train until this many thousand real images have been shown to D
     tick: float = 4  # report metrics and progress every this many kimg
     snap: int = 50  # checkpoint (+ fakes grid) every this many ticks; 0 = only at the end
@@ -92,7 +94,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunOptions:
     workers: int = 1  # Ray Train workers (one per GPU; on CPU, processes sharing the node's cores)
     cpus_per_worker: float = 0.5  # CPUs reserved per worker on CPU-only nodes (fractional leaves room for Ray Data)
     use_gpu: bool | None = None  # None = use GPUs when the cluster has any
@@ -121,7 +123,7 @@ class TrainConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunOptions = field(default_factory=RunOptions)
 
     # ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -130,7 +132,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of `to_dict`; unknown keys raise ConfigError naming them."""
+        """Inverse of `to_dict`; unknown keys raise ConfigError naming them. Also reads the dicts that earlier
+        versions stored in checkpoints and MLflow (their key names are mapped: LEGACY_KEYS)."""
+        d = _upgrade(d)
         sections = {}
         for f in fields(cls):
             sub = dict(d.get(f.name, {}))
@@ -158,14 +162,15 @@ class TrainConfig:
 
     # ----------------------------------------------------------------------------------------------
     @property
-    def per_worker_batch(self) -> int:
-        """Images each worker processes per step (= batch / workers)."""
+    def worker_batch(self) -> int:
+        """Images each worker takes per step (= batch / workers)."""
         return self.schedule.batch // max(self.run.workers, 1)
 
     @property
-    def chunk(self) -> int:
-        """Images per forward pass on a worker (gradient-accumulation chunk, like --batch-gpu)."""
-        return self.schedule.batch_per_worker or self.per_worker_batch
+    def forward_batch(self) -> int:
+        """Images per forward pass on a worker (schedule.forward_batch, else the whole worker batch); the worker
+        batch is processed in worker_batch / forward_batch passes whose gradients add up (like --batch-gpu)."""
+        return self.schedule.forward_batch or self.worker_batch
 
     def resolved(self, resolution: int | None = None, img_channels: int | None = None,
                  c_dim: int | None = None) -> "TrainConfig":
@@ -176,7 +181,7 @@ class TrainConfig:
         """
         self.validate()
         m, s, l, a, o = self.model, self.schedule, self.loss, self.aug, self.optim
-        preset = PRESETS[m.cfg]
+        preset = PRESETS[m.preset]
         if resolution is not None and m.resolution is not None and resolution != m.resolution:
             raise ConfigError(
                 f"the data has resolution {resolution}x{resolution} but the model was asked for "
@@ -204,14 +209,14 @@ class TrainConfig:
             loss={"gamma": gamma, "blur_init_sigma": blur_init, "blur_fade_kimg": blur_fade},
             aug={"ada_kimg": ada_kimg},
             schedule={"ema_kimg": ema_kimg, "ema_rampup": ema_rampup,
-                      "batch_per_worker": self.chunk},
+                      "forward_batch": self.forward_batch},
         )
 
     def validate(self) -> None:
         """Checks that need no data and no cluster. Raises ConfigError with one clear sentence."""
         m, s, r, a = self.model, self.schedule, self.run, self.aug
-        if m.cfg not in PRESETS:
-            raise ConfigError(f"unknown --cfg '{m.cfg}': choose one of {', '.join(PRESETS)}")
+        if m.preset not in PRESETS:
+            raise ConfigError(f"unknown --cfg '{m.preset}': choose one of {', '.join(PRESETS)}")
         if a.mode not in AUG_MODES:
             raise ConfigError(f"unknown --aug '{a.mode}': choose one of {', '.join(AUG_MODES)}")
         if r.workers < 1:
@@ -219,14 +224,14 @@ class TrainConfig:
         if s.batch <= 0 or s.batch % r.workers:
             raise ConfigError(f"--batch {s.batch} is not divisible by --workers {r.workers}")
         per = s.batch // r.workers
-        chunk = s.batch_per_worker or per
-        if per % chunk:
+        forward = s.forward_batch or per
+        if per % forward:
             raise ConfigError(f"the per-worker batch {per} (= --batch {s.batch} / --workers {r.workers}) "
-                              f"is not divisible by --batch-per-worker {chunk}")
-        if chunk % m.mbstd_group:
+                              f"is not divisible by --batch-per-worker {forward}")
+        if forward % m.mbstd_group:
             raise ConfigError(
-                f"each worker's chunk of {chunk} images (--batch {s.batch} / --workers {r.workers}"
-                f"{' / accumulation' if s.batch_per_worker else ''}) must be a multiple of the "
+                f"each worker's forward pass of {forward} images (--batch {s.batch} / --workers {r.workers}"
+                f"{' / accumulation' if s.forward_batch else ''}) must be a multiple of the "
                 f"minibatch-std group {m.mbstd_group}: make --batch a multiple of "
                 f"{r.workers * m.mbstd_group} (workers x group)")
         if s.kimg <= 0 or s.tick <= 0:
@@ -242,3 +247,22 @@ class TrainConfig:
             raise ConfigError(f"--freezed {m.freezed} must be >= 0 (the number of D layers to freeze)")
         if r.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker} must be positive")
+
+
+# Keys renamed since earlier versions wrote their config into checkpoints (state.pt "config") and MLflow params:
+# (old section, old key) -> (new section, new key). TrainConfig.from_dict reads both.
+LEGACY_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "cfg"): ("model", "preset"),
+    ("schedule", "batch_per_worker"): ("schedule", "forward_batch"),
+}
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with the key names of earlier versions (LEGACY_KEYS) renamed to today's."""
+    out = {sec: dict(values) if isinstance(values, dict) else values for sec, values in d.items()}
+    for (old_sec, old_key), (new_sec, new_key) in LEGACY_KEYS.items():
+        section = out.get(old_sec)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            out.setdefault(new_sec, {}).setdefault(new_key, value)
+    return out

@@ -7,7 +7,7 @@ import argparse
 
 from pipeline.data.demo import DEMO_DATA, DEMO_RESOLUTION
 from pipeline.training.config import (AUG_MODES, PRESETS, AugConfig, DataConfig, LossConfig, ModelConfig,
-                                      OptimConfig, RunConfig, ScheduleConfig, TrainConfig)
+                                      OptimConfig, RunOptions, ScheduleConfig, TrainConfig)
 
 
 def parse_bool(text: str) -> bool:
@@ -33,13 +33,14 @@ def add_train_flags(p: argparse.ArgumentParser, skip=frozenset()) -> argparse.Ar
                 self.group.add_argument(*names, **kw)
 
     g = _Group("model")
-    g.add_argument("--cfg", default=d.model.cfg, choices=list(PRESETS),
+    g.add_argument("--cfg", default=d.model.preset, choices=list(PRESETS),
                    help="architecture: stylegan3-t (translation equivariant) or stylegan3-r (also rotation)")
     g.add_argument("--cbase", type=int, default=d.model.cbase, help="channel base (capacity), default %(default)s")
     g.add_argument("--cmax", type=int, default=d.model.cmax, help="max channels per layer, default %(default)s")
     g.add_argument("--map-depth", type=int, default=d.model.map_depth, help="mapping-network layers (%(default)s)")
     g.add_argument("--mbstd-group", type=int, default=d.model.mbstd_group,
-                   help="minibatch-std group size of D; each worker's chunk must be a multiple (%(default)s)")
+                   help="minibatch-std group size of D; each forward pass (--batch-per-worker) must be a multiple "
+                        "(%(default)s)")
     g.add_argument("--fp32", type=parse_bool, default=d.model.fp32,
                    help="1 = no fp16 layers on GPUs (num_fp16_res 0, conv_clamp None for G and D), as the official "
                         "--fp32; CPUs always compute in fp32 (default 0)")
@@ -105,15 +106,15 @@ def add_train_flags(p: argparse.ArgumentParser, skip=frozenset()) -> argparse.Ar
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """The (unresolved) TrainConfig described by parsed flags."""
     return TrainConfig(
-        model=ModelConfig(cfg=a.cfg, cbase=a.cbase, cmax=a.cmax, map_depth=a.map_depth, mbstd_group=a.mbstd_group,
+        model=ModelConfig(preset=a.cfg, cbase=a.cbase, cmax=a.cmax, map_depth=a.map_depth, mbstd_group=a.mbstd_group,
                           fp32=a.fp32, freezed=a.freezed),
         optim=OptimConfig(glr=a.glr, dlr=a.dlr),
         loss=LossConfig(gamma=a.gamma),
         aug=AugConfig(mode=a.aug, target=a.target, p=a.p),
-        schedule=ScheduleConfig(batch=a.batch, batch_per_worker=a.batch_per_worker, kimg=a.kimg, tick=a.tick,
+        schedule=ScheduleConfig(batch=a.batch, forward_batch=a.batch_per_worker, kimg=a.kimg, tick=a.tick,
                                 snap=a.snap, keep=a.keep),
         data=DataConfig(uri=a.data, mirror=a.mirror, cond=a.cond),
-        run=RunConfig(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
+        run=RunOptions(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
                       run_name=a.run_name, resume=a.resume, seed=a.seed, max_failures=a.max_failures,
                       max_corrupt=a.max_corrupt,
                       metrics=tuple(m for m in a.metrics.split(",") if m), quality=a.quality, experiment=a.experiment,

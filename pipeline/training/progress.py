@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline import storage
-from pipeline.data.images import decode_png_into
+from pipeline.data.image_codec import decode_png_into
 import pipeline.metrics.core as metrics_core
 from pipeline.metrics.swd import collect_descriptors, swd_from_descriptors
 

@@ -1,287 +1,236 @@
-"""Driver side: check a run description, build the Ray `TorchTrainer` and fit it.
+"""One worker's training step: all loss phases, gradient averaging over workers, EMA, ADA (docs/algorithm.md "Training").
 
-    cfg, info = prepare(TrainConfig(...))        # validation + derived values; no cluster work
-    result = fit(cfg, info)                      # needs ray.init() done (local or a cluster)
-
-Automatic resume (docs/platform.md "Ray Train V2"): the trainer is rebuilt with the same
-`RunConfig(name=run_name, storage_path=storage)`; Ray hands the latest checkpoint of that run to
-the workers (`ray.train.get_checkpoint()`), which restore the full state. `FailureConfig(max_failures)`
-restarts dead workers from the latest checkpoint the same way.
+`Trainer` holds one worker's state and runs one training step on a batch of reals; it needs no Ray and works with or
+without `torch.distributed`. The Ray Train loop that drives it is `pipeline.training.loop`; the driver side that
+launches the loop is `pipeline.training.launch`.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import math
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-import ops
-from pipeline import storage
-from pipeline.data import DataError, dataset_info, default_passes, label_distribution, make_dataset
-from pipeline.model_sources import SourceError, fetch_network
-from pipeline.training import devices
-from pipeline.training.checkpoint import STATE_FILE
-from pipeline.training.config import ConfigError, TrainConfig
-from pipeline.training.loop import train_loop_per_worker
-from pipeline.training.progress import QUALITY_KEY
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.training.ada import AdaController
+from pipeline.training.config import TrainConfig
+from pipeline.training.ema import ema_beta, update_ema
+from pipeline.training.loss import StyleGAN2Loss
+
+# Statistics averaged over a tick and over workers; names are those of the reported metrics.
+_STAT_KEYS = ("G_loss", "D_loss_fake", "D_loss_real", "r1_penalty", "logits_fake", "logits_real", "signs_real")
 
 
-def prepare(cfg: TrainConfig):
-    """Validate `cfg` against itself and the data's manifest; return (resolved cfg with a run name, DatasetInfo).
+def derived_seed(seed: int, rank: int, cur_nimg: int) -> int:
+    """Seed for a worker's RNGs from (seed, rank, cur_nimg): a resumed run draws what an unbroken one would."""
+    h = hashlib.sha256(f"{seed}/{rank}/{cur_nimg}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
 
-    Raises ConfigError (one sentence: what is wrong and what to do) before any cluster work.
+
+class Trainer:
+    """One worker's training state and step (docs/algorithm.md "Training"). No Ray needed.
+
+    cfg: a resolved TrainConfig. G, D: built networks (moved to `device`). rank/world_size: this
+    worker's place in the torch.distributed group (world_size 1 = single process, no communication).
+    labels: the whole data set's label distribution for conditional runs, (values [K, c_dim] float32,
+    counts [K]) (`pipeline.data.label_distribution`); fake labels are drawn from it, as the official loop
+    draws the labels of random training images (docs/algorithm.md "Training phases"). None: drawn from the current real batch (a
+    stand-in for sets whose manifest predates label counts; biased with small per-worker batches).
     """
-    cfg.validate()
-    if not cfg.data.uri:
-        raise ConfigError("no data: pass --data URI (a shard set built by `python -m pipeline.dataset build`)")
-    try:
-        info = dataset_info(cfg.data.uri)
-    except (DataError, storage.StorageError) as e:
-        raise ConfigError(f"--data {cfg.data.uri}: {e}") from None
-    if cfg.data.cond and info.c_dim == 0:
-        raise ConfigError(f"--cond needs labels but {cfg.data.uri} has none; rebuild the shards with labels")
-    resolved = cfg.resolved(info.resolution, info.channels, info.c_dim)
-    if resolved.run.run_name is None:
-        resolved = resolved.replace(run={"run_name": default_run_name(resolved, info)})
-    if resolved.run.resume:
-        _check_resume_source(resolved.run.resume)
-    return resolved, info
 
-
-def default_run_name(cfg: TrainConfig, info) -> str:
-    """A stable name for a run description, so that re-running the same command resumes it:
-    {cfg}-{res}px-{data name}-b{batch}-{8 hex of the config hash}."""
-    # Only what changes the training trajectory: a longer --kimg or other --tick/--snap/--keep/--workers
-    # continue the same run.
-    flat = {k: v for k, v in cfg.flatten().items()
-            if (not k.startswith("run.") or k in ("run.seed", "run.resume"))
-            and k not in ("schedule.kimg", "schedule.tick", "schedule.snap", "schedule.keep")}
-    # Options added later, at their defaults, leave the names (and so the automatic resume) of older runs as they were.
-    for key, default in (("model.fp32", False), ("model.freezed", 0)):
-        if flat.get(key) == default:
-            flat.pop(key)
-    flat["data.sha256"] = info.manifest_sha256
-    digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
-    data_name = Path(storage.parse(cfg.data.uri).uri().rstrip("/")).name or "data"
-    return f"{cfg.model.cfg}-{cfg.model.resolution}px-{data_name}-b{cfg.schedule.batch}-{digest}"
-
-
-def _check_resume_source(src: str) -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="sg3-resume-check-") as tmp:
-        try:
-            fetch_network(src, tmp)
-        except (SourceError, storage.StorageError) as e:
-            raise ConfigError(f"--resume: {e}") from None
-
-
-def run_dir(cfg: TrainConfig) -> str:
-    """URI of the run's directory: {storage}/{run_name} (checkpoints are checkpoint_*kimg/ inside)."""
-    return storage.join(cfg.run.storage, cfg.run.run_name)
-
-
-# Where Ray Train (2.60) records the checkpoints it has registered for a run, in the run directory. A checkpoint
-# directory that is not listed there (a driver killed while it was written) is never restored.
-RAY_CHECKPOINT_INDEX = "checkpoint_manager_snapshot.json"
-
-
-def latest_checkpoint(cfg: TrainConfig) -> str | None:
-    """URI of the newest complete checkpoint of this run -- the one Ray Train hands the workers on a resume --, or
-    None (used to announce a resume and to name the last checkpoint)."""
-    import json
-
-    index = storage.join(run_dir(cfg), RAY_CHECKPOINT_INDEX)
-    if not storage.exists(index):
-        return None
-    try:
-        registered = {r["checkpoint_dir_name"] for r in json.loads(storage.read_bytes(index))["checkpoint_results"]}
-    except (ValueError, KeyError, TypeError):
-        registered = None  # another Ray's layout: fall back to every checkpoint directory with a state file
-    uris = storage.list_uris(run_dir(cfg), suffix=STATE_FILE)
-    dirs = sorted(u[: -len(STATE_FILE) - 1] for u in uris if "/checkpoint_" in u)
-    dirs = [d for d in dirs if registered is None or d.rstrip("/").rsplit("/", 1)[-1] in registered]
-    return dirs[-1] if dirs else None
-
-
-def _mlflow_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-
-
-def choose_device(cfg: TrainConfig) -> TrainConfig:
-    """Decide GPUs or CPUs once, on the driver (pipeline.training.devices: --use-gpu, else GPUs when the cluster has
-    them or its autoscaler can launch them), print the choice line and return `cfg` with run.use_gpu set, so that
-    the workers, the MLflow params and every trial of a sweep see the same decision. Needs ray.init() done."""
-    try:
-        choice = devices.choose(cfg.run.use_gpu)
-    except ValueError as e:  # a malformed declaration of launchable GPUs
-        raise ConfigError(str(e)) from None
-    print(choice.line(), flush=True)
-    return cfg.replace(run={"use_gpu": choice.use_gpu})
-
-
-def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress=True,
-                  callbacks: list | None = None, step_hooks: list | None = None):
-    """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests, tune);
-    progress: True = tick lines printed by the Ray Train controller, a `ray.util.queue.Queue` = tick lines sent
-    there (`fit` prints them in the driver), False = none; callbacks: extra Ray Train callbacks (pipeline.tune
-    adds TuneReportCallback); step_hooks: picklable callables `hook(trainer)` that every worker calls after each
-    training step, with the worker's `pipeline.training.loop.Trainer` (tests install them, e.g. to make a worker
-    fail at a chosen image count; they travel to the workers inside the loop config)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-
-    # Decided by choose_device on the driver; a caller that did not (tests, a library user) gets the same rule here.
-    use_gpu = cfg.run.use_gpu if cfg.run.use_gpu is not None else devices.choose(None).use_gpu
-    # One Ray Data execution per pass would spend seconds starting each pass of a small set: each execution
-    # covers several passes (shard orders of passes 0..passes-1; the workers read it again and again).
-    passes = default_passes(len(info.shards))
-    ds = make_dataset(cfg.data.uri, resolution=info.resolution, channels=info.channels,
-                      use_labels=cfg.data.cond, mirror=cfg.data.mirror, seed=cfg.run.seed, passes=passes)
-    loop_config = {
-        "config": cfg.to_dict(),
-        "pass_images": info.num_images * (2 if cfg.data.mirror else 1),  # images in one pass over the data
-        "passes_per_execution": passes,  # passes in one read of the dataset shard
-        "corrupt_counter": ds.stylegan3_counter,  # actor counting corrupt samples the decoders skipped
-        "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
-        "step_hooks": list(step_hooks or []),
-    }
-    loop_config["dataset_info"] = info  # the quality probe reads its fixed subset of reals from the shards
-    # Where progress.png goes (beside the checkpoints): absolute, the workers run in other directories.
-    loop_config["run_dir"] = (run_dir(cfg) if storage.is_s3(cfg.run.storage)
-                              else str(Path(storage.parse(cfg.run.storage).path).resolve() / cfg.run.run_name))
-    labels = label_distribution(info) if cfg.data.cond else None
-    if labels is not None:  # the whole set's labels and their counts: fake labels are drawn from them
-        loop_config["labels"] = (labels[0].tolist(), labels[1].tolist())
-    scaling = ray.train.ScalingConfig(
-        num_workers=cfg.run.workers, use_gpu=use_gpu,
-        # GPUs: one per worker (Ray Train makes it the worker's CUDA device); the autoscaler launches GPU nodes for
-        # them. CPU-only: fractional CPUs leave room for Ray Data's decode tasks (docs/platform.md "CPU starvation").
-        resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cfg.run.cpus_per_worker})
-    if storage.is_s3(cfg.run.storage):
-        fs, path = storage.pyarrow_fs(cfg.run.storage)  # pyarrow ignores AWS_ENDPOINT_URL by itself
-    else:
-        fs, path = None, str(Path(storage.parse(cfg.run.storage).path).resolve())
-    run_config = ray.train.RunConfig(
-        name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
-        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
-        # `is` tests: an empty queue is falsy (it has a length).
-        callbacks=([] if progress is False else
-                   [ProgressPrinter(cfg.schedule.kimg, None if progress is True else progress, use_gpu=use_gpu)])
-        + list(callbacks or []),
-        # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
-        # cpu_process_env: allocator settings for the CPU path's large tensors (ops/__init__.py), in place before
-        # the worker process starts.
-        worker_runtime_env={"env_vars": {**ops.cpu_process_env(), **storage.aws_env(), **_mlflow_env(),
-                                         **(env_vars or {})}},
-    )
-    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
-                        datasets={"train": ds}, run_config=run_config,
-                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
-
-
-def fit(cfg: TrainConfig, info, progress: bool = True, **kwargs):
-    """Build (kwargs as build_trainer) and fit the trainer; returns the ray.train.Result
-    (result.checkpoint = the latest checkpoint).
-
-    progress: print one line per tick on this process's stdout. The lines travel from the Ray Train controller
-    through a queue actor, so that they reach the user even when Ray's own worker output does not (the commands
-    start Ray with log_to_driver=False: Ray's logs stay in Ray's log files)."""
-    if not progress:
-        return build_trainer(cfg, info, progress=False, **kwargs).fit()
-    import threading
-
-    from ray.util.queue import Empty, Queue
-
-    lines = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(cfg, info, progress=lines, **kwargs)
-    outcome: dict[str, Any] = {}
-
-    def run():
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # re-raised in the caller's thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive() or not lines.empty():
-            try:
-                print(lines.get(timeout=0.5), flush=True)
-            except Empty:
-                pass
-    finally:
-        thread.join()
-        lines.shutdown()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def _num(x: float) -> str:
-    return "-" if not math.isfinite(x) else f"{x:.4f}"  # NaN: the phase did not run this tick
-
-
-def progress_line(m: dict[str, Any]) -> str:
-    """One progress line of a tick's metrics: kimg, ETA, losses, ADA p, the quality metric at snapshots, speed."""
-    left = max(m["total_kimg"] - m["kimg"], 0) * m["sec_per_kimg"]
-    quality = f"  SWD {m[QUALITY_KEY]:.1f}" if QUALITY_KEY in m else ""  # snapshots only (--quality)
-    return (f"tick {m['tick']:<4d} kimg {m['kimg']:8.3f}/{m['total_kimg']:g}  ETA {_fmt_time(left):>7}  "
-            f"G {m['loss/G_loss']:.3f}  D {m['loss/D_loss']:.3f}  R1 {_num(m['loss/r1_penalty'])}  "
-            f"p {m['ada_p']:.3f}{quality}  {m['sec_per_kimg']:.1f} s/kimg  {m['img_per_s']:.1f} img/s  "
-            f"mem {m['peak_mem_gb']:.2f} GB")
-
-
-try:
-    from ray.train.v2.api.callback import UserCallback
-except ImportError:  # Ray Train V1 (V2 is the default in the pinned Ray)
-    UserCallback = object  # type: ignore[misc,assignment]
-
-
-class ProgressPrinter(UserCallback):
-    """One line per tick, printed (runs in the Ray Train controller) or put into `sink`, a ray.util.queue.Queue
-    that the driver reads (`fit`)."""
-
-    def __init__(self, total_kimg: float, sink=None, use_gpu: bool = True):
-        self.total_kimg = total_kimg
-        self.start = time.time()
-        self.sink = sink
-        self.use_gpu = use_gpu
-        self.checked_gpus = use_gpu  # a CPU run looks once, at its first tick, for GPUs that joined the cluster
-
-    def _emit(self, line: str) -> None:
-        if self.sink is not None:
-            self.sink.put(line)
+    def __init__(self, cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 labels: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.cfg, self.device, self.rank, self.world_size = cfg, torch.device(device), rank, world_size
+        self.G = G.to(self.device).train().requires_grad_(False)
+        self.D = D.to(self.device).train().requires_grad_(False)
+        if labels is not None:
+            values, counts = labels
+            self.label_values = torch.as_tensor(values, dtype=torch.float32).to(self.device)
+            self.label_probs = torch.as_tensor(counts, dtype=torch.float64) / float(sum(counts))
         else:
-            print(line, flush=True)
+            self.label_values = self.label_probs = None
+        self.G_ema = copy.deepcopy(self.G).eval()
+        o = cfg.optim
+        self.G_opt = torch.optim.Adam(self.G.parameters(), lr=o.glr, betas=(o.beta1, o.beta2), eps=o.eps)
+        # Lazy regularisation (docs/algorithm.md "Training phases"): mb_ratio = k/(k+1) scales D's lr and exponentiates its betas.
+        k = o.d_reg_interval
+        mb = k / (k + 1)
+        self.D_opt = torch.optim.Adam(self.D.parameters(), lr=o.dlr * mb,
+                                      betas=(o.beta1 ** mb, o.beta2 ** mb), eps=o.eps)
+        # ADA (docs/algorithm.md "ADA"): the controller owns the "bgc" pipe (None for noaug) and drives its p.
+        a = cfg.aug
+        self.ada = AdaController(a.mode, fixed_p=a.p, target=a.target, interval=a.interval, ada_kimg=a.ada_kimg)
+        self.augment_pipe = self.ada.pipe.to(self.device).train().requires_grad_(False) if self.ada.pipe else None
+        self.loss = StyleGAN2Loss(self.G, self.D, self.augment_pipe, r1_gamma=cfg.loss.gamma,
+                                  blur_init_sigma=cfg.loss.blur_init_sigma, blur_fade_kimg=cfg.loss.blur_fade_kimg)
+        self.cur_nimg = 0  # real images shown to D so far, over all workers
+        self.batch_idx = 0  # training steps so far
+        self.cur_tick = 0
+        self.data_pass = 0  # data position: the pass over the data set that cur_nimg falls in (counted in images)
+        self.extra: dict[str, Any] = {}  # free slot persisted in checkpoints (e.g. the MLflow run id)
+        self.generator = torch.Generator(device="cpu")
+        self.reset_stats()
+        self.seed_rngs()
 
-    def after_report(self, run_context, metrics, checkpoint):
-        if not metrics or "kimg" not in metrics[0]:
+    # -- setup --------------------------------------------------------------------------------------
+    def seed_rngs(self) -> None:
+        """Re-seed every RNG this worker uses from (seed, rank, cur_nimg) (latents, augmentations)."""
+        s = derived_seed(self.cfg.run.seed, self.rank, self.cur_nimg)
+        self.generator.manual_seed(s)
+        torch.manual_seed(s)
+        np.random.seed(s)
+
+    @property
+    def ada_p(self) -> float:
+        """Current augmentation probability (0 for --aug noaug)."""
+        return self.ada.p
+
+    # -- the step -----------------------------------------------------------------------------------
+    def phases(self) -> list[tuple[str, torch.nn.Module, torch.optim.Optimizer, float]]:
+        """(name, module, optimizer, gain) for this step: Gmain, Dmain, and Dreg when batch_idx % k == 0."""
+        out = [("Gmain", self.G, self.G_opt, 1.0), ("Dmain", self.D, self.D_opt, 1.0)]
+        k = self.cfg.optim.d_reg_interval
+        if self.batch_idx % k == 0:
+            out.append(("Dreg", self.D, self.D_opt, float(k)))
+        return out
+
+    def draw_latents(self, real_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One phase's z [n, z_dim] ~ N(0, I) and labels of random training images [n, c_dim] (docs/algorithm.md "Training phases"):
+        from the whole set's label distribution when the Trainer has it, else from the real batch `real_c`."""
+        n = real_c.shape[0]
+        z = torch.randn([n, self.cfg.model.z_dim], generator=self.generator).to(self.device)
+        if self.label_probs is not None and real_c.shape[1]:
+            # Labels of random images of the whole set: a class (or label vector) with its frequency.
+            idx = torch.multinomial(self.label_probs, n, replacement=True, generator=self.generator)
+            return z, self.label_values[idx.to(self.device)]
+        idx = torch.randint(0, n, [n], generator=self.generator)
+        return z, real_c[idx.to(real_c.device)]
+
+    def step(self, real_img: torch.Tensor, real_c: torch.Tensor,
+             latents: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """One training step on this worker's share of the global batch.
+
+        real_img: [batch/workers, C, H, W] uint8; real_c: [batch/workers, c_dim] float32.
+        latents: optional (z, c) per phase (tests); default drawn from this worker's generator.
+        Updates G, D, G_ema, cur_nimg (+= global batch), batch_idx, ADA p; accumulates tick statistics.
+        """
+        cfg = self.cfg
+        real = (real_img.to(self.device, torch.float32) / 127.5 - 1).split(cfg.forward_batch)
+        real_c = real_c.to(self.device, torch.float32)
+        real_cs = real_c.split(cfg.forward_batch)
+        for i, (name, module, opt, gain) in enumerate(self.phases()):
+            z, c = latents[i] if latents is not None else self.draw_latents(real_c)
+            self.phase_gradients(name, module, opt, gain, real, real_cs, z, c)
+            opt.step()
+        # G EMA after the optimizer steps, before cur_nimg advances (docs/algorithm.md "Generator EMA").
+        s = cfg.schedule
+        update_ema(self.G_ema, self.G, ema_beta(s.batch, s.ema_kimg, self.cur_nimg, s.ema_rampup))
+        self.cur_nimg += s.batch
+        self.batch_idx += 1
+        self.ada.step(s.batch, reduce=self._reduce)
+
+    def phase_gradients(self, name: str, module: torch.nn.Module, opt: torch.optim.Optimizer, gain: float,
+                        real: tuple[torch.Tensor, ...], real_cs: tuple[torch.Tensor, ...],
+                        z: torch.Tensor, c: torch.Tensor) -> None:
+        """Leave the phase's gradient in module's .grad: zero grads, train only `module`, accumulate the
+        losses of the forward passes (a sum of their means), average over workers and sanitise (docs/algorithm.md
+        "Training phases"). real/real_cs: this worker's reals [-1, 1] and labels split into forward batches; z/c: the
+        phase's latents."""
+        cfg = self.cfg
+        opt.zero_grad(set_to_none=True)
+        module.requires_grad_(True)
+        for r, rc, zz, cc in zip(real, real_cs, z.split(cfg.forward_batch), c.split(cfg.forward_batch)):
+            stats = self.loss.accumulate_gradients(name, r, rc, zz, cc, gain, self.cur_nimg)
+            self._add_stats(stats)
+            if "signs_real" in stats:  # Dmain and Dreg real passes drive ADA (docs/algorithm.md "Loss", "ADA")
+                self.ada.observe(stats["logits_real"])
+        module.requires_grad_(False)
+        self.sync_grads(module)
+
+    def sync_grads(self, module: torch.nn.Module) -> None:
+        """Average gradients over workers (one flat all-reduce), then NaN → 0, ±inf → ±1e5 (docs/algorithm.md "Training phases")."""
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params:
             return
-        line = progress_line(metrics[0])
-        if checkpoint is not None:
-            line += f"  [checkpoint {checkpoint.path}]"
-        self._emit(line)
-        if not self.checked_gpus:
-            # A CPU run on a cluster that declared no GPUs may still have made its autoscaler launch GPU nodes (the
-            # only nodes with CPUs): say so, once, where the user reads the ticks.
-            self.checked_gpus = True
-            import ray
+        flat = torch.cat([p.grad.flatten() for p in params])
+        if self.world_size > 1:
+            dist.all_reduce(flat)
+            flat /= self.world_size
+        torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.reshape(p.shape))
 
-            gpus = ray.cluster_resources().get("GPU", 0)
-            if gpus >= 1:
-                self._emit(devices.cpu_run_warning(f"has {gpus:g} GPU(s) now"))
+    # -- statistics ---------------------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        # Per key: the sum on the device (a forward pass's statistics are added without the host waiting for the
+        # device) and the count on the host (sizes are known without reading anything). Read once per tick.
+        self._sums = torch.zeros(len(_STAT_KEYS), dtype=torch.float64, device=self.device)
+        self._counts = [0] * len(_STAT_KEYS)
+
+    def _add_stats(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            i = _STAT_KEYS.index(k)
+            self._sums[i] += v.detach().sum(dtype=torch.float64)
+            self._counts[i] += v.numel()
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of `t` over workers (a copy, on this worker's device: NCCL reduces device tensors only)."""
+        t = t.to(self.device, copy=True)
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t
+
+    def tick_stats(self) -> dict[str, float]:
+        """Means over this tick and all workers of the loss statistics (NaN when a phase did not run); the one
+        place the step's statistics are read back from the device."""
+        counts = torch.tensor(self._counts, dtype=torch.float64, device=self.device)
+        sums, counts = self._reduce(torch.stack([self._sums, counts])).tolist()
+        out = {}
+        for i, k in enumerate(_STAT_KEYS):
+            n = counts[i]
+            out[k] = sums[i] / n if n else float("nan")
+        out["D_loss"] = out["D_loss_fake"] + out["D_loss_real"]
+        self.reset_stats()
+        return out
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the network weights: optimizers, counters, ADA p, RNGs, data position, config."""
+        return {
+            "G_opt": self.G_opt.state_dict(), "D_opt": self.D_opt.state_dict(),
+            "cur_nimg": self.cur_nimg, "batch_idx": self.batch_idx, "cur_tick": self.cur_tick,
+            "ada": self.ada.state_dict(),
+            "data_pass": self.data_pass,
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+                    "numpy_seed_rule": "derived_seed(seed, rank, cur_nimg)"},
+            "config": self.cfg.to_dict(), "extra": dict(self.extra),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G_opt.load_state_dict(state["G_opt"])
+        self.D_opt.load_state_dict(state["D_opt"])
+        self.cur_nimg, self.batch_idx, self.cur_tick = state["cur_nimg"], state["batch_idx"], state["cur_tick"]
+        ada = dict(state["ada"])
+        if self.rank != 0:  # the checkpoint holds the pending sign sums of all workers (see consolidate)
+            ada.update(sign_sum=0.0, sign_count=0.0)
+        self.ada.load_state_dict(ada)
+        self.data_pass = state["data_pass"] if "data_pass" in state else state["data_epoch"]  # earlier name
+        self.extra = dict(state.get("extra", {}))
+        # The checkpoint was written right after a re-seed from (seed, rank, cur_nimg): re-seeding here
+        # restores every worker's RNGs (rank 0's saved states are the same values, kept for inspection).
+        self.seed_rngs()
+
+    def consolidate(self) -> None:
+        """Before a checkpoint (all workers call it): re-seed RNGs from (seed, rank, cur_nimg) and gather
+        the partial ADA sign sums on rank 0, so the rank-0 state describes the whole group."""
+        self.seed_rngs()
+        ada = self.ada.state_dict()
+        pending = self._reduce(torch.tensor([ada["sign_sum"], ada["sign_count"]], dtype=torch.float64)).cpu()
+        # Rank 0 holds the group's pending sums, the others none: the next all-reduce sees the same total.
+        ada.update(sign_sum=float(pending[0]) if self.rank == 0 else 0.0,
+                   sign_count=float(pending[1]) if self.rank == 0 else 0.0)
+        self.ada.load_state_dict(ada)

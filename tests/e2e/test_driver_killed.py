@@ -69,7 +69,7 @@ def test_only_checkpoints_ray_registered_are_announced(tmp_path):
     import json
 
     from pipeline.training.config import TrainConfig
-    from pipeline.training.trainer import RAY_CHECKPOINT_INDEX, latest_checkpoint
+    from pipeline.training.launch import RAY_CHECKPOINT_INDEX, latest_checkpoint
 
     cfg = TrainConfig().replace(run={"storage": str(tmp_path), "run_name": "r"})
     run = tmp_path / "r"

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.data import BuildOptions, DataError, build, ensure_demo_shards, read_manifest
-from pipeline.data.images import to_channels, transform_image
+from pipeline.data.image_codec import to_channels, transform_image
 from pipeline.dataset import main as cli
 from tests.pipeline.data_fixtures import ALL_SORTED, CORRUPT, GOOD, LABELS, SOLID, make_source
 

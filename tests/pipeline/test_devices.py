@@ -103,7 +103,7 @@ def test_local_device(monkeypatch):
 def test_cpu_run_warns_once_when_gpu_nodes_joined(cluster):
     """The progress printer of a CPU run looks for GPUs at its first tick (the autoscaler may have launched GPU
     nodes for the run's CPU workers on a cluster that declared nothing)."""
-    from pipeline.training.trainer import ProgressPrinter
+    from pipeline.training.launch import ProgressPrinter
 
     class Sink(list):
         put = list.append

@@ -36,7 +36,7 @@ def tiny_G():
 
 
 def _cfg(name: str, metrics=()) -> TrainConfig:
-    return TrainConfig().replace(model={"cfg": "stylegan3-t", "resolution": RES, "cbase": 256, "cmax": 16},
+    return TrainConfig().replace(model={"preset": "stylegan3-t", "resolution": RES, "cbase": 256, "cmax": 16},
                                  data={"uri": "/data/faces"}, schedule={"batch": 4, "kimg": 1},
                                  run={"run_name": name, "model_name": name, "metrics": tuple(metrics),
                                       "experiment": f"exp-{name}"})
@@ -47,7 +47,7 @@ def _snapshot_dir(tmp: Path, G, D, nimg: int) -> Path:
     d.mkdir()
     models.save_network(d / checkpoint.NETWORK_FILE, G=G, D=D, G_ema=G)
     grid = np.full((RES, RES * 2, 3), nimg % 255, dtype=np.uint8)
-    from pipeline.images import save_png
+    from pipeline.pixels import save_png
 
     save_png(grid, d / checkpoint.GRID_FILE)
     checkpoint.write_corrupt(d, [{"shard": "s/train-000000.tar", "key": "00000003", "reason": "zeroed"}])

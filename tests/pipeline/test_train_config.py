@@ -29,10 +29,10 @@ def test_resolved_values_follow_the_official_train_py():
     assert cfg.optim.glr == 0.0025 and cfg.optim.dlr == 0.002
     assert cfg.schedule.ema_kimg == 20 and cfg.schedule.ema_rampup == 0.05  # batch·10/32
     assert cfg.loss.gamma == 2 and cfg.loss.blur_init_sigma == 0  # T: no blur
-    assert cfg.aug.ada_kimg == 500 and cfg.chunk == 64
-    r = TrainConfig().replace(model={"cfg": "stylegan3-r"}).resolved(resolution=512)
+    assert cfg.aug.ada_kimg == 500 and cfg.forward_batch == 64
+    r = TrainConfig().replace(model={"preset": "stylegan3-r"}).resolved(resolution=512)
     assert r.loss.blur_init_sigma == 10 and r.loss.blur_fade_kimg == 200 and r.loss.gamma == 8
-    tuned = TrainConfig().replace(model={"cfg": "stylegan3-r"}, run={"resume": "x.pkl"}).resolved(resolution=64)
+    tuned = TrainConfig().replace(model={"preset": "stylegan3-r"}, run={"resume": "x.pkl"}).resolved(resolution=64)
     assert tuned.aug.ada_kimg == 100 and tuned.schedule.ema_rampup is None and tuned.loss.blur_init_sigma == 0
 
 
@@ -85,3 +85,33 @@ def test_no_data_or_demo_data_means_the_bundled_set_under_the_users_flags():
     # The registered model is the one README's commands name.
     assert make_parser().parse_args(demo_argv([])).model_name == "stylegan3-emoji-t"
     assert make_parser().parse_args(demo_argv(["--cfg", "stylegan3-r"])).model_name == "stylegan3-emoji-r"
+
+
+# The config dict as e9ee425 (before the renames) stored it in checkpoints (state.pt "config") and MLflow.
+OLD_CONFIG = {
+    "model": {"cfg": "stylegan3-r", "resolution": 16, "cbase": 1024, "cmax": 32, "map_depth": 2, "mbstd_group": 4,
+              "img_channels": 3, "c_dim": 0, "z_dim": 512, "w_dim": 512, "fp32": False, "freezed": 0},
+    "optim": {"glr": 0.0025, "dlr": 0.002, "beta1": 0.0, "beta2": 0.99, "eps": 1e-08, "d_reg_interval": 16},
+    "loss": {"gamma": 0.0078125, "blur_init_sigma": 10.0, "blur_fade_kimg": 50.0},
+    "aug": {"mode": "ada", "target": 0.6, "p": 0.2, "interval": 4, "ada_kimg": 500.0},
+    "schedule": {"batch": 8, "batch_per_worker": 4, "kimg": 25000, "tick": 4, "snap": 50, "keep": 3,
+                 "ema_kimg": 2.5, "ema_rampup": 0.05},
+    "data": {"uri": "s3://bucket/faces", "mirror": False, "cond": False},
+    "run": {"workers": 1, "cpus_per_worker": 0.5, "use_gpu": None, "storage": "outputs/runs", "run_name": None,
+            "resume": None, "seed": 3, "max_failures": 3, "max_corrupt": 0.01, "metrics": [], "quality": True,
+            "experiment": "faces", "model_name": "faces-r", "callbacks": "pipeline.tracking:make_callbacks"},
+}
+
+
+def test_configs_stored_by_earlier_versions_are_read_and_keep_their_run_name():
+    from types import SimpleNamespace
+
+    from pipeline.training.launch import default_run_name
+
+    cfg = TrainConfig.from_dict(OLD_CONFIG)
+    assert cfg.model.preset == "stylegan3-r" and cfg.schedule.forward_batch == 4 and cfg.forward_batch == 4
+    assert cfg.run.seed == 3 and cfg.loss.gamma == 0.0078125
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # The derived run name (automatic resume) of the same settings is the one e9ee425 derived.
+    info = SimpleNamespace(manifest_sha256="ab" * 32)
+    assert default_run_name(cfg, info) == "stylegan3-r-16px-faces-b8-c6c5f4f9"

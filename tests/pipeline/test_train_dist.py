@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline.training.loop import Trainer
+from pipeline.training.trainer import Trainer
 from tests.pipeline.train_toys import ToyD, ToyG, toy_config
 
 PHASES = ("Gmain", "Dmain", "Dreg")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.training.ema import ema_beta, update_ema
-from pipeline.training.loop import Trainer
+from pipeline.training.trainer import Trainer
 from pipeline.training.loss import StyleGAN2Loss, blur_filter, blur_sigma
 from tests.pipeline.train_toys import ToyD, ToyG, toy_config
 

@@ -16,7 +16,8 @@ import torch
 
 from pipeline.train import config_from_args, gamma_note, make_parser
 from pipeline.training.config import TrainConfig
-from pipeline.training.loop import Trainer, build_networks
+from pipeline.training.loop import build_networks
+from pipeline.training.trainer import Trainer
 from tests.pipeline.train_toys import ToyD, ToyG, toy_config
 
 
@@ -140,7 +141,7 @@ def count_reads(monkeypatch):
 
 
 def test_step_reads_nothing_back_per_chunk_and_the_tick_reads_once(count_reads):
-    cfg = toy_config(schedule={"batch": 8, "batch_per_worker": 4})  # two chunks per phase
+    cfg = toy_config(schedule={"batch": 8, "forward_batch": 4})  # two forward passes per phase
     t = Trainer(cfg, ToyG(), ToyD())
     img, c = torch.randint(0, 256, [8, 3, 16, 16], dtype=torch.uint8), torch.zeros([8, 0])
     count_reads.clear()
@@ -239,7 +240,7 @@ def test_history_survives_resume_and_progress_png_draws(tmp_path):
 
 
 def test_tick_line_shows_the_metric_at_snapshots():
-    from pipeline.training.trainer import progress_line
+    from pipeline.training.launch import progress_line
 
     m = {"tick": 3, "kimg": 0.024, "total_kimg": 0.2, "sec_per_kimg": 100.0, "loss/G_loss": 1.0,
          "loss/D_loss": 1.3, "loss/r1_penalty": float("nan"), "ada_p": 0.0, "img_per_s": 10.0, "peak_mem_gb": 1.0}

@@ -14,7 +14,7 @@ import pytest
 from pipeline import storage
 from pipeline.training import checkpoint, progress
 from pipeline.training.config import ConfigError, TrainConfig
-from pipeline.training.trainer import fit, latest_checkpoint, prepare, run_dir
+from pipeline.training.launch import fit, latest_checkpoint, prepare, run_dir
 from tests.pipeline import train_record
 from tests.pipeline.faults import ExitOnce
 
@@ -61,7 +61,7 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     record = tmp_path / "record.jsonl"
     env = {"STYLEGAN3_TEST_RECORD": str(record)}
     cfg, info = prepare(tiny_config(damaged_shards, f"{s3_bucket}/runs", "two-workers", schedule={"kimg": 0.008}))
-    assert cfg.per_worker_batch == 4 and cfg.model.resolution == 16
+    assert cfg.worker_batch == 4 and cfg.model.resolution == 16
 
     result = fit(cfg, info, env_vars=env, progress=False)
     assert result.error is None
@@ -142,7 +142,7 @@ def test_bad_configurations_stop_before_cluster_work(tiny_shards, tmp_path):
     assert "not divisible by --workers" in err(schedule={"batch": 9})
     assert "minibatch-std group 4" in err(schedule={"batch": 4})  # 2 workers x 2 images
     assert "resolution 16x16" in err(model={"resolution": 32})
-    assert "unknown --cfg 'stylegan2'" in err(model={"cfg": "stylegan2"})
+    assert "unknown --cfg 'stylegan2'" in err(model={"preset": "stylegan2"})
     missing = str(tmp_path / "nowhere")
     assert missing in err(data={"uri": missing}) and "manifest.json" in err(data={"uri": missing})
     assert "--resume" in err(run={"resume": str(tmp_path / "no-such.safetensors")})

@@ -57,7 +57,8 @@ def read(path) -> list[dict]:
 def checkpoint_summary(directory, cfg) -> dict:
     """state_summary of a checkpoint directory, rebuilt through a fresh Trainer (no Ray)."""
     from pipeline.training import checkpoint
-    from pipeline.training.loop import Trainer, build_networks
+    from pipeline.training.loop import build_networks
+    from pipeline.training.trainer import Trainer
 
     G, D = build_networks(cfg)
     t = Trainer(cfg, G, D)

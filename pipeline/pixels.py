@@ -1,4 +1,5 @@
-"""Image conversions shared by training grids, generation, the dataset tool and tracking."""
+"""Generator output as pixels: the uint8 conversion, image grids and PNG files (training grids, generation, the
+dataset tool, tracking)."""
 
 from __future__ import annotations
 
