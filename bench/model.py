@@ -4,25 +4,25 @@ three training loss phases (Gmain, Dmain, Dreg) when pipeline.training.loss is i
 Each measurement runs in a fresh subprocess so that its peak RSS is its own. Times are the median of
 --repeats runs after one warm-up, in seconds per call.
 
-Baselines, run in the same command (--baseline, on CPU by default 'before'):
-- 'before': the CPU path as it was before the phase-domain filtered_lrelu, the Winograd 3x3 convolutions and
-  the allocator settings (ops.filtered_lrelu.PHASE_DOMAIN = False, models.winograd.ENABLED = False, none of
-  ops.CPU_PROCESS_ENV): polyphase upfirdn2d around a materialised upsampled intermediate, oneDNN convolutions.
-- 'naive': like 'before', but upfirdn2d computed the direct way -- zero-insert, pad, one depthwise convolution
-  at the full upsampled rate, then keep every `down`-th sample -- in both directions. That is how a
-  straightforward reference implementation of the op works (the official code's CPU path among them: docs/algorithm.md "Official code on CPU").
-Every formulation computes the same networks (the output check is printed). The official code's own figures
-(docs/algorithm.md "Official code on CPU", measured elsewhere) are printed beside them for orientation only.
+The networks are built with the ops backend ``--impl`` (docs/ops.md "Backends"; 'auto' = the CPU path on CPU,
+Triton on CUDA), passed to models.build -- nothing is patched. ``--baseline IMPL`` also runs every measure with
+networks built on another backend, in the same command: 'ref' is the ops' definitions (upfirdn2d the direct way:
+zero-insert, pad, a depthwise convolution at the full upsampled rate, then keep every `down`-th sample -- how a
+straightforward implementation works, the official code's CPU path among them: docs/algorithm.md "Official code
+on CPU"); 'cpu' the CPU path (on CUDA tensors too). Every backend computes the same networks (the output check is
+printed). Every measurement process starts with ops.CPU_PROCESS_ENV, as the training workers do. The official
+code's own figures (docs/algorithm.md "Official code on CPU", measured elsewhere) are printed beside them for
+orientation only.
 
     python bench/model.py                      # 64x64, T, cbase 8192, cmax 512, batch 4, CPU
     python bench/model.py --preset stylegan3-r --repeats 5
-    python bench/model.py --device cuda --resolution 256 --batch 32
+    python bench/model.py --baseline ref --measures G_fwd,G_fwd_bwd
+    python bench/model.py --device cuda --resolution 256 --batch 32 --baseline cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops import CPU_PROCESS_ENV  # noqa: E402  (the worker process environment; see ops/__init__.py)
+from ops import CPU_PROCESS_ENV, IMPLS  # noqa: E402  (the worker process environment; see ops/__init__.py)
 
 MEASURES = ["G_fwd", "G_fwd_bwd", "D_fwd", "D_fwd_bwd", "Gmain", "Dmain", "Dreg"]
 
@@ -53,40 +53,15 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # Linux: KiB
 
 
-def _naive_pass(x, k, up, down, padding, flip_filter):
-    """upfirdn2d's per-pass computation done directly: zero-insert, pad, full-rate depthwise convolution, then
-    decimate (drop-in for ops.upfirdn2d._pass; identical values, far more work and memory when up > 1)."""
-    import torch.nn.functional as F
-
-    _pad_axis = importlib.import_module("ops.upfirdn2d")._pad_axis  # (ops.upfirdn2d is also the function)
-
-    n, c, h, w = x.shape
-    (uy, ux), (dy, dx) = up, down
-    px0, px1, py0, py1 = padding
-    if uy > 1 or ux > 1:
-        z = x.new_zeros(n, c, h * uy, w * ux)
-        z[:, :, ::uy, ::ux] = x
-        x = z
-    x = _pad_axis(_pad_axis(x, 3, px0, px1), 2, py0, py1)
-    g = k if flip_filter else k.flip([0, 1])
-    return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), groups=c)[:, :, ::dy, ::dx]
-
-
 def run_one(args) -> dict:
     import torch
 
     import models
 
-    if args.naive or args.before:
-        importlib.import_module("ops.filtered_lrelu").PHASE_DOMAIN = False
-        importlib.import_module("models.winograd").ENABLED = False
-    if args.naive:
-        importlib.import_module("ops.upfirdn2d")._pass = _naive_pass
-
     torch.manual_seed(0)
     device = torch.device(args.device)
     G, D = models.build(args.preset, args.resolution, batch_size=args.batch, channel_base=args.cbase,
-                        channel_max=args.cmax)
+                        channel_max=args.cmax, impl=args.impl)
     G, D = G.to(device), D.to(device)
     n = args.batch
     z = torch.randn(n, G.z_dim, device=device)
@@ -135,10 +110,10 @@ def run_one(args) -> dict:
             cpu_times.append(time.process_time() - c0)
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
-    with torch.no_grad():  # a fixed output, to check that both formulations compute the same networks
+    with torch.no_grad():  # a fixed output, to check that both backends compute the same networks
         torch.manual_seed(1)
         check = G(torch.randn(2, G.z_dim, device=device), c[:2]).double().sum().item()
-    out = {"measure": name, "median_s": statistics.median(times), "runs_s": times, "check": check,
+    out = {"measure": name, "impl": args.impl, "median_s": statistics.median(times), "runs_s": times, "check": check,
            "median_cpu_s": statistics.median(cpu_times), "loadavg_1min": [load_before, os.getloadavg()[0]],
            "peak_rss_gb": _peak_rss_gb(),
            "G_params": sum(p.numel() for p in G.parameters()), "D_params": sum(p.numel() for p in D.parameters())}
@@ -158,12 +133,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated subset of {MEASURES}")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    p.add_argument("--baseline", default="auto", choices=["auto", "before", "naive", "none"],
-                   help="also run every measure with a baseline formulation (see above): 'before' = the CPU path "
-                        "before the phase-domain/Winograd/allocator changes, 'naive' = direct full-rate upfirdn2d; "
-                        "'auto' = 'before' on CPU, none on CUDA")
-    p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)  # internal: this subprocess is naive
-    p.add_argument("--before", action="store_true", help=argparse.SUPPRESS)  # internal: ... is 'before'
+    p.add_argument("--impl", default="auto", choices=IMPLS,
+                   help="ops backend of the networks (docs/ops.md 'Backends'): 'auto' = the CPU path on CPU, Triton "
+                        "on CUDA")
+    p.add_argument("--baseline", default="none", choices=["none"] + [i for i in IMPLS if i != "auto"],
+                   help="also run every measure with networks on this backend, in the same command (see above)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)   # internal: one measure, in a subprocess
     args = p.parse_args()
 
@@ -174,24 +148,23 @@ def main() -> None:
     base = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution),
             "--cbase", str(args.cbase), "--cmax", str(args.cmax), "--batch", str(args.batch),
             "--repeats", str(args.repeats), "--device", args.device]
-    baseline_kind = "before" if args.baseline == "auto" else args.baseline
-    run_baseline = args.baseline in ("before", "naive") or (args.baseline == "auto" and args.device == "cpu")
+    baseline_kind = args.baseline
+    run_baseline = args.baseline != "none"
     results, baseline_results = [], []
     baseline = SPEC_BASELINE.get(args.preset, {}) if (args.resolution, args.cbase, args.cmax, args.batch,
                                                       args.device) == (64, 8192, 512, 4, "cpu") else {}
     print(f"# {args.preset} {args.resolution}x{args.resolution} cbase {args.cbase} cmax {args.cmax} batch "
           f"{args.batch} on {args.device}, median of {args.repeats} after 1 warm-up; torch threads default, "
           f"{os.cpu_count()} CPUs visible")
-    print(f"{'measure':<10} {'ours [s]':>9} {baseline_kind + ' [s]':>10} {'speed-up':>9} {'RSS ours':>9} "
+    print(f"{'measure':<10} {args.impl + ' [s]':>9} {baseline_kind + ' [s]':>10} {'speed-up':>9} {'RSS ours':>9} "
           f"{'RSS base':>10} "
           f"{'official*':>10} {'load avg':>9}")
 
     def measure(name: str, baseline_run: bool):
-        flag = [f"--{baseline_kind}"] if baseline_run else []
-        # ours: the process environment the training workers get (ops.CPU_PROCESS_ENV); the baselines: none of it
-        env = {k: v for k, v in os.environ.items() if k not in CPU_PROCESS_ENV}
-        env.update({"PYTHONPATH": str(ROOT), **({"THP_MEM_ALLOC_ENABLE": "0"} if baseline_run else CPU_PROCESS_ENV)})
-        proc = subprocess.run(base + ["--only", name] + flag, capture_output=True, text=True, env=env)
+        impl = baseline_kind if baseline_run else args.impl
+        # the process environment the training workers get (ops.CPU_PROCESS_ENV), for every backend
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **CPU_PROCESS_ENV}
+        proc = subprocess.run(base + ["--only", name, "--impl", impl], capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(f"{name:<10} failed{' (baseline)' if baseline_run else ''}: "
@@ -209,7 +182,7 @@ def main() -> None:
             baseline_results.append(b)
             same = abs(r["check"] - b["check"]) <= 1e-4 * max(1.0, abs(b["check"]))
             if not same:
-                print(f"  WARNING: outputs differ between the two formulations: {r['check']} vs {b['check']}")
+                print(f"  WARNING: outputs differ between the two backends: {r['check']} vs {b['check']}")
         load = "{:.0f}-{:.0f}".format(r["loadavg_1min"][0], (b or r)["loadavg_1min"][1])
         ref = baseline.get(name)
         print(f"{name:<10} {r['median_s']:>9.3f} {b['median_s'] if b else float('nan'):>10.3f} "
@@ -237,7 +210,7 @@ def main() -> None:
         print(f"G params {results[0]['G_params']:,}  D params {results[0]['D_params']:,}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
-                                         "naive_baseline": baseline_results}, indent=2))
+                                         "baseline": baseline_results}, indent=2))
 
 
 if __name__ == "__main__":

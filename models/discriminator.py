@@ -1,6 +1,7 @@
 """StyleGAN2 residual discriminator with minibatch standard deviation and conditional projection
 (docs/algorithm.md "Discriminator"). Names follow the official layout: `b{res}.fromrgb|conv0|conv1|skip`, `b4.conv|fc|out`,
-`mapping.embed|fc0..fc7`.
+`mapping.embed|fc0..fc7`. ``impl`` (the ops' backend, docs/ops.md "Backends") is given to the constructors and passed
+down to every op call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
+
+from ops import check_impl, compute_dtype
 
 from .config import DiscriminatorConfig
 from .layers import RESAMPLE_FILTER, Conv2dLayer, FullyConnectedLayer, normalize_2nd_moment
@@ -23,15 +26,16 @@ class ConditionMapping(nn.Module):
     with lr multiplier 0.01. No w_avg, no broadcast (docs/algorithm.md "Discriminator" step 5).
     """
 
-    def __init__(self, c_dim: int, cmap_dim: int, num_layers: int = 8, lr_multiplier: float = 0.01):
+    def __init__(self, c_dim: int, cmap_dim: int, num_layers: int = 8, lr_multiplier: float = 0.01,
+                 impl: str = "auto"):
         super().__init__()
         self.c_dim = c_dim
         self.cmap_dim = cmap_dim
         self.num_layers = num_layers
-        self.embed = FullyConnectedLayer(c_dim, cmap_dim)
+        self.embed = FullyConnectedLayer(c_dim, cmap_dim, impl=impl)
         for idx in range(num_layers):
             setattr(self, f"fc{idx}", FullyConnectedLayer(cmap_dim, cmap_dim, activation="lrelu",
-                                                          lr_multiplier=lr_multiplier))
+                                                          lr_multiplier=lr_multiplier, impl=impl))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         x = normalize_2nd_moment(self.embed(c.to(torch.float32)))
@@ -45,7 +49,7 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
                  img_channels: int, use_fp16: bool, conv_clamp: Optional[float], first_layer_idx: int = 0,
-                 freeze_layers: int = 0):
+                 freeze_layers: int = 0, impl: str = "auto"):
         """first_layer_idx: how many conv layers the blocks before this one hold; layers whose index (in the
         order fromrgb, conv0, conv1, skip) is below `freeze_layers` are frozen (docs/algorithm.md "Discriminator")."""
         super().__init__()
@@ -63,15 +67,16 @@ class DiscriminatorBlock(nn.Module):
 
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, kernel_size=1, activation="lrelu",
-                                       conv_clamp=conv_clamp, trainable=trainable())
+                                       conv_clamp=conv_clamp, trainable=trainable(), impl=impl)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, activation="lrelu", conv_clamp=conv_clamp,
-                                 trainable=trainable())
+                                 trainable=trainable(), impl=impl)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, kernel_size=3, activation="lrelu", down=2,
-                                 conv_clamp=conv_clamp, trainable=trainable())
-        self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2, trainable=trainable())
+                                 conv_clamp=conv_clamp, trainable=trainable(), impl=impl)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2, trainable=trainable(),
+                                impl=impl)
 
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
-        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and img.device.type == "cuda") else torch.float32
+        dtype = compute_dtype(img, self.use_fp16 and not force_fp32)  # fp16 where the ops run it (CUDA)
         if self.in_channels == 0:
             x = self.fromrgb(img.to(dtype))
         else:
@@ -110,16 +115,16 @@ class DiscriminatorEpilogue(nn.Module):
     """4x4 head (always fp32): minibatch std, conv, fc, out (+ conditional projection) -> [N, 1]."""
 
     def __init__(self, in_channels: int, cmap_dim: int, mbstd_group_size: int, mbstd_num_channels: int,
-                 conv_clamp: Optional[float]):
+                 conv_clamp: Optional[float], impl: str = "auto"):
         super().__init__()
         self.in_channels = in_channels
         self.cmap_dim = cmap_dim
         self.mbstd_group_size = mbstd_group_size
         self.mbstd_num_channels = mbstd_num_channels
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation="lrelu",
-                                conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
-        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
+                                conv_clamp=conv_clamp, impl=impl)
+        self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu", impl=impl)
+        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim, impl=impl)
 
     def forward(self, x: torch.Tensor, cmap: Optional[torch.Tensor]) -> torch.Tensor:
         x = x.to(torch.float32)
@@ -133,10 +138,14 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """img [N, img_channels, res, res] float32 (in ~[-1, 1]), c [N, c_dim] -> logits [N, 1] float32."""
+    """img [N, img_channels, res, res] float32 (in ~[-1, 1]), c [N, c_dim] -> logits [N, 1] float32.
 
-    def __init__(self, cfg: DiscriminatorConfig):
+    impl: the ops' backend for every layer ('auto' | 'ref' | 'cpu' | 'triton', docs/ops.md "Backends").
+    """
+
+    def __init__(self, cfg: DiscriminatorConfig, impl: str = "auto"):
         super().__init__()
+        check_impl(impl, "Discriminator")
         self.cfg = cfg
         self.c_dim = cfg.c_dim
         self.img_resolution = cfg.img_resolution
@@ -156,13 +165,13 @@ class Discriminator(nn.Module):
             in_channels = ch(res) if res < cfg.img_resolution else 0
             block = DiscriminatorBlock(in_channels, ch(res), ch(res // 2), res, cfg.img_channels,
                                        use_fp16=res >= fp16_resolution, conv_clamp=cfg.conv_clamp,
-                                       first_layer_idx=cur_layer_idx, freeze_layers=cfg.freeze_layers)
+                                       first_layer_idx=cur_layer_idx, freeze_layers=cfg.freeze_layers, impl=impl)
             cur_layer_idx += block.num_layers
             setattr(self, f"b{res}", block)
         if cfg.c_dim > 0:
-            self.mapping = ConditionMapping(cfg.c_dim, cmap_dim, num_layers=cfg.mapping_layers)
+            self.mapping = ConditionMapping(cfg.c_dim, cmap_dim, num_layers=cfg.mapping_layers, impl=impl)
         self.b4 = DiscriminatorEpilogue(ch(4), cmap_dim, cfg.mbstd_group_size, cfg.mbstd_num_channels,
-                                        conv_clamp=cfg.conv_clamp)
+                                        conv_clamp=cfg.conv_clamp, impl=impl)
 
     def forward(self, img: torch.Tensor, c: Optional[torch.Tensor] = None, update_emas: bool = False,
                 force_fp32: bool = False) -> torch.Tensor:

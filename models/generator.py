@@ -2,7 +2,8 @@
 synthesis layers and ToRGB (docs/algorithm.md "Mapping network", "Synthesis network").
 
 Module and attribute names follow the official layout so that state_dict keys, shapes and order
-are identical (docs/algorithm.md "Generator state_dict order").
+are identical (docs/algorithm.md "Generator state_dict order"). ``impl`` (the ops' backend, docs/ops.md "Backends")
+is given to the constructors and passed down to every op call.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ops import filtered_lrelu
+from ops import check_impl, compute_dtype, filtered_lrelu, modulated_conv2d
 
 from .config import GeneratorConfig
 from .filters import design_lowpass_filter, filter_tensor
 from .layers import FullyConnectedLayer, normalize_2nd_moment
-from . import winograd
 
 
 # --------------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ class MappingNetwork(nn.Module):
     """
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2,
-                 lr_multiplier: float = 0.01, w_avg_beta: float = 0.998):
+                 lr_multiplier: float = 0.01, w_avg_beta: float = 0.998, impl: str = "auto"):
         super().__init__()
         self.z_dim = z_dim
         self.c_dim = c_dim
@@ -42,11 +42,11 @@ class MappingNetwork(nn.Module):
         self.num_layers = num_layers
         self.w_avg_beta = w_avg_beta
         if c_dim > 0:
-            self.embed = FullyConnectedLayer(c_dim, w_dim)
+            self.embed = FullyConnectedLayer(c_dim, w_dim, impl=impl)
         features = [z_dim + (w_dim if c_dim > 0 else 0)] + [w_dim] * num_layers
         for idx in range(num_layers):
             setattr(self, f"fc{idx}", FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu",
-                                                          lr_multiplier=lr_multiplier))
+                                                          lr_multiplier=lr_multiplier, impl=impl))
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1.0,
@@ -181,7 +181,8 @@ class SynthesisInput(nn.Module):
     transform; identity by default), `freqs` [C, 2], `phases` [C].
     """
 
-    def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float):
+    def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float,
+                 impl: str = "auto"):
         super().__init__()
         self.w_dim = w_dim
         self.channels = channels
@@ -198,7 +199,7 @@ class SynthesisInput(nn.Module):
         phases = torch.rand([channels]) - 0.5
 
         self.weight = nn.Parameter(torch.randn([channels, channels]))
-        self.affine = FullyConnectedLayer(w_dim, 4, weight_init=0, bias_init=[1, 0, 0, 0])
+        self.affine = FullyConnectedLayer(w_dim, 4, weight_init=0, bias_init=[1, 0, 0, 0], impl=impl)
         self.register_buffer("transform", torch.eye(3, 3))
         self.register_buffer("freqs", freqs)
         self.register_buffer("phases", phases)
@@ -244,54 +245,7 @@ class SynthesisInput(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Synthesis layer (docs/algorithm.md "Synthesis layer", "Modulated convolution")
-
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, padding: int = 0,
-                     demodulate: bool = True, input_gain: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample modulated convolution (docs/algorithm.md "Modulated convolution").
-
-    x: [N, I, H, W] (float32 or float16); weight: [O, I, k, k] float32; styles: [N, I] float32;
-    input_gain: scalar tensor multiplied into the weights after demodulation.
-    Returns [N, O, H + 2p - k + 1, W + 2p - k + 1] in x's dtype.
-    """
-    n = x.shape[0]
-    out_ch, in_ch, kh, kw = weight.shape
-    if demodulate:
-        styles = styles * styles.square().mean().rsqrt()
-    if x.device.type == "cpu" and x.dtype != torch.float16:
-        # Same value, computed as scale input -> one shared-weight convolution -> scale output: PyTorch's CPU
-        # convolution is ~1.2x faster on the batch than grouped per sample, and the per-sample weights
-        # [N, O, I, k, k] (and their gradient) are never built. With r[o] the weight pre-normalisation and
-        # sum_{i,k} (r[o] w[o,i,k] s[n,i])^2 = r[o]^2 sum_i s[n,i]^2 sum_k w[o,i,k]^2, both the pre-normalisation
-        # and the demodulation are one [N, O] output scale, so no scaled copy of the weight is built either.
-        # 3x3 kernels (config T) run as Winograd F(4x4, 3x3) convolutions on the channels-last activations.
-        out_scale = None
-        if demodulate:
-            wsq = weight.square().sum(dim=[2, 3])                                           # [O, I]
-            r = (wsq.sum(dim=1) * (1 / (in_ch * kh * kw))).rsqrt()                          # [O]
-            out_scale = r * (styles.square() @ wsq.t() * r.square() + 1e-8).rsqrt()        # [N, O]
-        if input_gain is not None:
-            out_scale = input_gain.expand(n, out_ch) if out_scale is None else out_scale * input_gain
-        x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
-        if winograd.applies(x, weight, padding):
-            x = winograd.conv3x3_winograd(x, weight, padding)   # ~2x faster than F.conv2d, channels-last out
-        else:
-            x = torch.nn.functional.conv2d(x, weight.to(x.dtype), padding=padding)
-        return x if out_scale is None else x * out_scale.to(x.dtype).reshape(n, out_ch, 1, 1)
-    if demodulate:
-        # Pre-normalisation for fp16 safety; cancelled by demodulation except through the epsilon.
-        weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
-    w = weight.unsqueeze(0) * styles.unsqueeze(1).unsqueeze(3).unsqueeze(4)       # [N, O, I, k, k]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()                    # [N, O]
-        w = w * dcoefs.unsqueeze(2).unsqueeze(3).unsqueeze(4)
-    if input_gain is not None:
-        w = w * input_gain
-    x = x.reshape(1, n * in_ch, *x.shape[2:])
-    w = w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype)
-    x = torch.nn.functional.conv2d(x, w, padding=padding, groups=n)
-    return x.reshape(n, out_ch, *x.shape[2:])
-
+# Synthesis layer (docs/algorithm.md "Synthesis layer"; the modulated convolution is an op: ops/modulated_conv.py)
 
 class SynthesisLayer(nn.Module):
     """One alias-free layer L_i (or ToRGB): x [N, in, in_size, in_size] -> [N, out, out_size, out_size].
@@ -300,8 +254,10 @@ class SynthesisLayer(nn.Module):
     Buffers: magnitude_ema [] (E[x^2] of the input), up_filter / down_filter (absent when identity).
     """
 
-    def __init__(self, w_dim: int, spec: LayerSpec, conv_clamp: Optional[float], magnitude_ema_beta: float):
+    def __init__(self, w_dim: int, spec: LayerSpec, conv_clamp: Optional[float], magnitude_ema_beta: float,
+                 impl: str = "auto"):
         super().__init__()
+        self.impl = check_impl(impl, type(self).__name__)
         self.w_dim = w_dim
         self.spec = spec
         self.is_torgb = spec.is_torgb
@@ -317,7 +273,7 @@ class SynthesisLayer(nn.Module):
         self.conv_clamp = conv_clamp
         self.magnitude_ema_beta = magnitude_ema_beta
 
-        self.affine = FullyConnectedLayer(w_dim, self.in_channels, bias_init=1)
+        self.affine = FullyConnectedLayer(w_dim, self.in_channels, bias_init=1, impl=impl)
         self.weight = nn.Parameter(torch.randn([self.out_channels, self.in_channels,
                                                 self.conv_kernel, self.conv_kernel]))
         self.bias = nn.Parameter(torch.zeros([self.out_channels]))
@@ -347,13 +303,14 @@ class SynthesisLayer(nn.Module):
         if self.is_torgb:
             styles = styles * self.torgb_weight_gain
 
-        # fp16 only on CUDA (docs/algorithm.md "Mixed precision"); styles, demodulation and EMA statistics stay fp32.
-        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
+        # fp16 where the ops run it (CUDA; docs/algorithm.md "Mixed precision"); styles, demodulation and EMA
+        # statistics stay fp32.
+        dtype = compute_dtype(x, self.use_fp16 and not force_fp32)
         x = modulated_conv2d(x.to(dtype), self.weight, styles, padding=self.conv_kernel - 1,
-                             demodulate=not self.is_torgb, input_gain=input_gain)
+                             demodulate=not self.is_torgb, input_gain=input_gain, impl=self.impl)
         x = filtered_lrelu(x, fu=self.up_filter, fd=self.down_filter, b=self.bias.to(x.dtype),
                            up=self.up, down=self.down, padding=self.padding, gain=self.gain,
-                           slope=self.slope, clamp=self.conv_clamp)
+                           slope=self.slope, clamp=self.conv_clamp, impl=self.impl)
         return x
 
     def extra_repr(self) -> str:
@@ -367,7 +324,7 @@ class SynthesisLayer(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws [N, num_ws, w_dim] -> img [N, img_channels, res, res] float32 (not clamped, roughly [-1, 1])."""
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, impl: str = "auto"):
         super().__init__()
         self.w_dim = cfg.w_dim
         self.img_resolution = cfg.img_resolution
@@ -378,10 +335,12 @@ class SynthesisNetwork(nn.Module):
         sched = synthesis_schedule(cfg)
         self.schedule = sched
         self.input = SynthesisInput(cfg.w_dim, channels=int(sched.channels[0]), size=int(sched.sizes[0]),
-                                    sampling_rate=float(sched.sampling_rates[0]), bandwidth=float(sched.cutoffs[0]))
+                                    sampling_rate=float(sched.sampling_rates[0]), bandwidth=float(sched.cutoffs[0]),
+                                    impl=impl)
         self.layer_names = []
         for spec in sched.layers:
-            setattr(self, spec.name, SynthesisLayer(cfg.w_dim, spec, cfg.conv_clamp, cfg.magnitude_ema_beta))
+            setattr(self, spec.name, SynthesisLayer(cfg.w_dim, spec, cfg.conv_clamp, cfg.magnitude_ema_beta,
+                                                    impl=impl))
             self.layer_names.append(spec.name)
 
     def forward(self, ws: torch.Tensor, update_emas: bool = False, force_fp32: bool = False) -> torch.Tensor:
@@ -402,10 +361,14 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN3 generator: z [N, z_dim], c [N, c_dim] -> img [N, img_channels, res, res] float32."""
+    """StyleGAN3 generator: z [N, z_dim], c [N, c_dim] -> img [N, img_channels, res, res] float32.
 
-    def __init__(self, cfg: GeneratorConfig):
+    impl: the ops' backend for every layer ('auto' | 'ref' | 'cpu' | 'triton', docs/ops.md "Backends").
+    """
+
+    def __init__(self, cfg: GeneratorConfig, impl: str = "auto"):
         super().__init__()
+        check_impl(impl, "Generator")
         self.cfg = cfg
         self.z_dim = cfg.z_dim
         self.c_dim = cfg.c_dim
@@ -413,19 +376,20 @@ class Generator(nn.Module):
         self.img_resolution = cfg.img_resolution
         self.img_channels = cfg.img_channels
         # Synthesis first: the official state_dict lists synthesis before mapping (docs/algorithm.md "Generator state_dict order").
-        self.synthesis = SynthesisNetwork(cfg)
+        self.synthesis = SynthesisNetwork(cfg, impl=impl)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, self.num_ws, num_layers=cfg.map_depth,
-                                      lr_multiplier=cfg.mapping_lr_multiplier, w_avg_beta=cfg.w_avg_beta)
+                                      lr_multiplier=cfg.mapping_lr_multiplier, w_avg_beta=cfg.w_avg_beta,
+                                      impl=impl)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
                 truncation_cutoff: Optional[int] = None, update_emas: bool = False,
                 force_fp32: bool = False) -> torch.Tensor:
-        """force_fp32: run the fp16 layers in fp32 on CUDA (metrics do this); no effect on CPU."""
+        """force_fp32: run the fp16 layers in fp32 (metrics do this); no effect where they run fp32 anyway (CPU)."""
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                           update_emas=update_emas)
         return self.synthesis(ws, update_emas=update_emas, force_fp32=force_fp32)
 
 
 __all__ = ["MappingNetwork", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork", "Generator",
-           "modulated_conv2d", "synthesis_schedule", "LayerSpec", "Schedule"]
+           "synthesis_schedule", "LayerSpec", "Schedule"]

@@ -2,6 +2,9 @@
 
 Equalised learning rate (docs/algorithm.md "Equalised learning rate"): weights are stored unscaled and multiplied by a constant
 gain at run time, so that Adam's step size is the same for every layer.
+
+Every module that calls an op holds ``impl`` (given to its constructor, default 'auto') and passes it to the ops:
+the choice of backend (docs/ops.md "Backends") travels with the network; the models never look at the device.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ops import bias_act, downsample2d, setup_filter, upfirdn2d
-
-from . import winograd
+from ops import bias_act, check_impl, conv2d, downsample2d, setup_filter, upfirdn2d
 
 # StyleGAN2's resampling filter: outer product of [1,3,3,1], normalised to sum 1 -> [4, 4] float32
 # (docs/algorithm.md "Op: upfirdn2d", "Discriminator"). Computed once at import so that networks can also be built on the meta device.
@@ -39,8 +40,9 @@ class FullyConnectedLayer(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, activation: str = "linear", bias: bool = True,
                  lr_multiplier: float = 1.0, weight_init: float = 1.0,
-                 bias_init: Union[float, Sequence[float]] = 0.0):
+                 bias_init: Union[float, Sequence[float]] = 0.0, impl: str = "auto"):
         super().__init__()
+        self.impl = check_impl(impl, type(self).__name__)
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation
@@ -63,7 +65,7 @@ class FullyConnectedLayer(nn.Module):
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         x = x.matmul(w.t())
-        return bias_act(x, b, act=self.activation)
+        return bias_act(x, b, act=self.activation, impl=self.impl)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -78,11 +80,12 @@ class Conv2dLayer(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", down: int = 1, conv_clamp: Optional[float] = None,
-                 trainable: bool = True):
+                 trainable: bool = True, impl: str = "auto"):
         """trainable False: weight and bias are buffers, not parameters (a frozen layer, --freezed, docs/algorithm.md "Discriminator"):
         no optimizer sees them; the state_dict keys are the same."""
         super().__init__()
         assert down in (1, 2)
+        self.impl = check_impl(impl, type(self).__name__)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -104,28 +107,25 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         f = self.resample_filter
-        if self.down == 1 and winograd.applies(x, self.weight, self.padding):
-            # CPU float32/64: Winograd F(4x4, 3x3), the weight gain folded into its weight transform (any order of
-            # gradients, as R1 needs); channels-last out
-            x = winograd.conv3x3_winograd(x, self.weight, self.padding, gain=self.weight_gain)
+        if self.down == 1:
+            # the weight gain goes to the op, which may fold it into its own weight transform (ops/conv2d.py)
+            x = conv2d(x, self.weight, self.padding, gain=self.weight_gain, impl=self.impl)
         else:
             w = (self.weight * self.weight_gain).to(x.dtype)
-            if self.down == 1:
-                x = torch.nn.functional.conv2d(x, w, padding=self.padding)
-            elif self.kernel_size == 1:
+            if self.kernel_size == 1:
                 # 1x1 down-by-2 (skip path): low-pass + decimate first, then the cheap 1x1 conv (docs/algorithm.md "Resampling convolutions").
-                x = downsample2d(x, f, down=2)
+                x = downsample2d(x, f, down=2, impl=self.impl)
                 x = torch.nn.functional.conv2d(x, w)
             else:
                 # kxk down-by-2: low-pass without decimation (padding keeps the alignment), then a
                 # stride-2 valid conv (docs/algorithm.md "Resampling convolutions"). Output size H/2 needs p = (fw - down + k - 1) / 2 per side,
                 # i.e. 2 for the 4-tap filter and k = 3.
                 p = (f.shape[-1] - self.down + self.kernel_size - 1) // 2
-                x = upfirdn2d(x, f, padding=[p, p, p, p])
+                x = upfirdn2d(x, f, padding=[p, p, p, p], impl=self.impl)
                 x = torch.nn.functional.conv2d(x, w, stride=self.down)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp, impl=self.impl)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "

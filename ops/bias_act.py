@@ -144,13 +144,15 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
         gain: factor applied after the activation; None = the activation's default (sqrt(2) for relu, lrelu
             and swish, 1 otherwise).
         clamp: if not None, the output is clamped to ``[-clamp, +clamp]``.
-        impl: 'auto' | 'ref' | 'triton' (see ``ops._dispatch``).
+        impl: 'auto' | 'ref' | 'cpu' | 'triton' (docs/ops.md "Backends"); 'cpu' is the reference (nothing
+            to gain on the CPU over PyTorch's elementwise ops).
 
     Returns:
         A tensor of ``x``'s shape and dtype, differentiable to any order with respect to ``x`` and ``b``.
     """
     dim, spec, alpha, gain, clamp = resolve_args(x, b, dim, act, alpha, gain, clamp)
     if select_impl(impl, x, "bias_act") == "triton":
+        # imported on first use: Triton reads TRITON_INTERPRET when its kernels are decorated (ops/_dispatch.py)
         from ._triton.bias_act import bias_act_triton
         return bias_act_triton(x, b, dim, spec.name, alpha, gain, clamp)
     return bias_act_ref(x, b, dim, spec.name, alpha, gain, clamp)

@@ -4,11 +4,9 @@ Per channel, in this order: insert ``up - 1`` zeros after each sample; pad by ``
 values crop); convolve in "valid" mode with the filter (true convolution unless ``flip_filter``); keep every
 ``down``-th sample starting at index 0. Output size per axis: ``(in * up + p0 + p1 - taps) // down + 1``.
 
-The reference path here is polyphase: upsampling is one grouped convolution per pass that computes every output
-phase from the real samples only (never the inserted zeros), filter + decimate is a strided depthwise convolution
-(it computes only the kept outputs), and a separable filter runs as two 1-D passes. Its gradient is the adjoint
-upfirdn2d through the same code (docs/algorithm.md "Op: upfirdn2d"), because PyTorch's CPU transposed convolutions (what autograd would
-use for the gradient of a strided convolution) are several times slower than these.
+This module holds the argument checks, the reference (these four steps as written: the test oracle), the
+dispatch and the resampling helpers. The CPU path (polyphase, channels-last) is ops/_cpu/upfirdn2d.py, the Triton
+kernels ops/_triton/upfirdn2d.py. Every backend's gradient is the adjoint upfirdn2d (ops/_common.py).
 """
 
 from __future__ import annotations
@@ -19,7 +17,14 @@ from numbers import Integral, Real
 import torch
 import torch.nn.functional as F
 
+from ._common import adjoint_function, adjoint_padding, filter_size, output_size, pad_axis
+from ._cpu.upfirdn2d import upfirdn2d_cpu
 from ._dispatch import select_impl
+
+# adjoint_function and output_size are imported from here by ops/_triton/upfirdn2d.py
+__all__ = ["upfirdn2d", "upfirdn2d_ref", "setup_filter", "filter2d", "upsample2d", "downsample2d", "parse_padding",
+           "check_factor", "check_filter", "check_input", "check_gain", "check_output_size", "filter_size",
+           "output_size", "adjoint_padding", "adjoint_function"]
 
 
 def parse_padding(padding, op: str = "upfirdn2d") -> list[int]:
@@ -67,20 +72,6 @@ def check_filter(f, name: str = "f", op: str = "upfirdn2d") -> torch.Tensor | No
     return f
 
 
-def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
-    """``(fw, fh)`` of a checked filter (``(1, 1)`` for None)."""
-    if f is None:
-        return 1, 1
-    if f.ndim == 1:
-        return f.shape[0], f.shape[0]
-    return f.shape[1], f.shape[0]
-
-
-def output_size(in_size: int, up: int, down: int, p0: int, p1: int, taps: int) -> int:
-    """Output length along one axis, ``(in * up + p0 + p1 - taps) // down + 1`` (docs/algorithm.md "Op: upfirdn2d")."""
-    return (in_size * up + p0 + p1 - taps) // down + 1
-
-
 def check_input(x, op: str = "upfirdn2d") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
@@ -110,147 +101,36 @@ def check_gain(gain, op: str = "upfirdn2d") -> float:
     return float(gain)
 
 
-def adjoint_padding(in_h: int, in_w: int, out_h: int, out_w: int, fw: int, fh: int, up: int, down: int,
-                    padding: list[int]) -> list[int]:
-    """Padding of the upfirdn2d that is the adjoint (the gradient with respect to ``x``) of
-    ``upfirdn2d(x [.., in_h, in_w], f [fh, fw], up, down, padding) -> [.., out_h, out_w]``.
-
-    The adjoint runs with ``up`` and ``down`` swapped, the filter flip toggled and the same gain (docs/algorithm.md "Op: upfirdn2d").
-    """
-    px0, _, py0, _ = padding
-    return [fw - px0 - 1, in_w * up - out_w * down + px0 - up + 1,
-            fh - py0 - 1, in_h * up - out_h * down + py0 - up + 1]
-
-
-def _pad_axis(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
-    """Zero-pad (positive) or crop (negative) ``x`` along ``dim``, also when the crop passes the whole signal."""
-    if before == 0 and after == 0:
-        return x
-    n = x.shape[dim]
-    lo, hi = max(0, -before), min(n, n + after)
-    length = n + before + after
-    if lo >= hi:  # nothing of the signal survives: all padding
-        shape = list(x.shape)
-        shape[dim] = length
-        return x.new_zeros(shape)
-    x = x.narrow(dim, lo, hi - lo)
-    pads = [0, 0] * (x.ndim - 1 - dim) + [max(0, before), max(0, after)]
-    return F.pad(x, pads)
-
-
-def _phase_axis(n: int, up: int, taps: int, p0: int, p1: int) -> tuple[int, int, int, int, int]:
-    """Polyphase bookkeeping for upsampling along one axis.
-
-    The padded, zero-inserted signal filtered in valid mode is ``c[i] = sum_k x[k] h[m - k*up]`` with
-    ``m = i + taps - 1 - p0`` and ``h`` the filter in true-convolution orientation. Writing ``m = q*up + r``,
-    ``c[i] = sum_s x[q - s] h[s*up + r]``: for each phase ``r`` an ordinary convolution of ``x`` with every
-    ``up``-th tap (``L = ceil(taps / up)`` of them), evaluated at ``q``. Returns ``(L, pad_before, pad_after,
-    offset, length)``: pad ``x`` by these, convolve (valid) to get ``q`` in ``[q_lo, q_hi)`` for every phase,
-    interleave phases, and the outputs are ``length`` samples starting at ``offset``.
-    """
-    length = n * up + p0 + p1 - taps + 1
-    phase_taps = -(-taps // up)
-    m0 = taps - 1 - p0
-    q_lo, q_hi = m0 // up, -(-(m0 + length) // up)
-    return phase_taps, phase_taps - 1 - q_lo, q_hi - n, m0 - q_lo * up, length
-
-
-def _pass(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int], padding: list[int],
-          flip_filter: bool) -> torch.Tensor:
-    """One depthwise pass with a 2-D kernel ``k [kh, kw]`` (``[1, taps]``/``[taps, 1]`` for a 1-D pass of a
-    separable filter), factors ``up = (uy, ux)``, ``down = (dy, dx)``, ``padding = [x0, x1, y0, y1]``.
-
-    On CPU the pass runs in channels-last memory (the result is channels-last too): PyTorch's CPU depthwise
-    convolution is 2.5-3x faster on it than on NCHW (docs/ops.md)."""
-    c = x.shape[1]
-    kh, kw = k.shape
-    (uy, ux), (dy, dx) = up, down
-    px0, px1, py0, py1 = padding
-    fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
-    if uy == 1 and ux == 1:
-        # Filter + decimate: a strided correlation computes only the kept outputs.
-        g = k if flip_filter else k.flip([0, 1])
-        x = _pad_axis(_pad_axis(x, 3, px0, px1), 2, py0, py1).contiguous(memory_format=fmt)
-        return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), stride=(dy, dx), groups=c)
-    # Zero-insert + pad + filter, polyphase: one depthwise conv per phase computes that phase's outputs (never
-    # touching the inserted zeros), written interleaved into the output.
-    h = k.flip([0, 1]) if flip_filter else k
-    ly, ya, yb, yoff, ylen = _phase_axis(x.shape[2], uy, kh, py0, py1)
-    lx, xa, xb, xoff, xlen = _phase_axis(x.shape[3], ux, kw, px0, px1)
-    hp = h.new_zeros(ly * uy, lx * ux)
-    hp[:kh, :kw] = h
-    # phase (ry, rx) = hp[ry::uy, rx::ux], flipped for correlation
-    w = hp.view(ly, uy, lx, ux).permute(1, 3, 0, 2).flip([2, 3]).reshape(uy, ux, 1, 1, ly, lx)
-    x = _pad_axis(_pad_axis(x, 3, xa, xb), 2, ya, yb).contiguous(memory_format=fmt)
-    n = x.shape[0]
-    qy, qx = x.shape[2] - ly + 1, x.shape[3] - lx + 1
-    y = torch.empty(n, c, qy * uy, qx * ux, dtype=x.dtype, device=x.device, memory_format=fmt)
-    for ry in range(uy):
-        for rx in range(ux):
-            y[:, :, ry::uy, rx::ux] = F.conv2d(x, w[ry, rx].repeat(c, 1, 1, 1), groups=c)
-    return y[:, :, yoff:yoff + ylen:dy, xoff:xoff + xlen:dx]
-
-
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a CPU tensor stored channels-last (and not also plain contiguous), else contiguous."""
-    if x.device.type == "cpu" and x.ndim == 4 and not x.is_contiguous() and \
-            x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def upfirdn2d_compute(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
-                      flip_filter: bool, gain: float) -> torch.Tensor:
-    """The reference forward value (arguments validated), no autograd bookkeeping of its own."""
+def upfirdn2d_value(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
+                    flip_filter: bool, gain: float) -> torch.Tensor:
+    """The definition's forward value, step by step (arguments validated): zero insertion, pad/crop, depthwise
+    convolution at the upsampled rate (a separable filter as a pass along x, then one along y), decimation.
+    Written for reading, not for speed."""
+    n, c, h, w = x.shape
     if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+        f = torch.ones([1, 1], dtype=torch.float32)
     f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
-    px0, px1, py0, py1 = padding
-    fmt = memory_format(x)  # the output's: the input's (filtered_lrelu keeps its big tensors channels-last)
-    if f.ndim == 2:
-        x = _pass(x, f, (up, up), (down, down), padding, flip_filter)
-    else:
-        # Separable: along x, then along y (docs/algorithm.md "Op: upfirdn2d"), each with sqrt(gain).
-        x = _pass(x, f[None, :], (1, up), (1, down), [px0, px1, 0, 0], flip_filter)
-        x = _pass(x, f[:, None], (up, 1), (down, 1), [0, 0, py0, py1], flip_filter)
-    return x.contiguous(memory_format=fmt)
+    kernels = [f[None, :], f[:, None]] if f.ndim == 1 else [f]  # [1, taps] along x, [taps, 1] along y
+    x0, x1, y0, y1 = padding
+    # 1. zero insertion: sample k lands at k * up
+    x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
+    # 2. pad (negative values crop)
+    x = pad_axis(pad_axis(x, 3, x0, x1), 2, y0, y1)
+    # 3. valid true convolution (conv2d correlates, so the filter is flipped unless flip_filter), per channel
+    for k in kernels:
+        k = k if flip_filter else k.flip([0, 1])
+        x = F.conv2d(x, k[None, None].repeat(c, 1, 1, 1), groups=c)
+    # 4. decimation
+    return x[:, :, ::down, ::down]
 
 
-def adjoint_function(forward_value, name: str) -> type:
-    """An autograd Function ``apply(x, f, up, down, padding, flip_filter, gain)`` whose forward is
-    ``forward_value`` (same arguments) and whose gradient is the adjoint upfirdn2d (docs/algorithm.md "Op: upfirdn2d") computed by the
-    Function itself, so every order of gradients works. Used by the reference and the Triton path alike."""
-
-    def forward(ctx, x, f, up, down, padding, flip_filter, gain):
-        ctx.save_for_backward(f)
-        ctx.args = (x.shape[2], x.shape[3], up, down, padding, flip_filter, gain)
-        ctx.fmt = memory_format(x)
-        return forward_value(x, f, up, down, padding, flip_filter, gain)
-
-    def backward(ctx, dy):
-        (f,) = ctx.saved_tensors
-        in_h, in_w, up, down, padding, flip_filter, gain = ctx.args
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
-        fw, fh = filter_size(f)
-        p = adjoint_padding(in_h, in_w, dy.shape[2], dy.shape[3], fw, fh, up, down, padding)
-        # the gradient in the forward input's memory format (so the adjoint returns it in that format)
-        dy = dy.contiguous(memory_format=ctx.fmt)
-        return function.apply(dy, f, down, up, p, not flip_filter, gain), None, None, None, None, None, None
-
-    # built with type() so that autograd's node is named after `name` (e.g. "Upfirdn2dRefBackward")
-    function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
-                                                        "backward": staticmethod(backward)})
-    return function
-
-
-_Upfirdn2dRef = adjoint_function(upfirdn2d_compute, "Upfirdn2dRef")
+_Upfirdn2dRef = adjoint_function(upfirdn2d_value, "Upfirdn2dRef")
 
 
 def upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, padding: list[int],
                   flip_filter: bool, gain: float) -> torch.Tensor:
-    """Reference upfirdn2d (arguments validated): polyphase PyTorch convolutions; the gradient is the adjoint
-    upfirdn2d through the same path (strided conv <-> polyphase conv, both fast), differentiable to any order."""
+    """The reference upfirdn2d (arguments validated): the definition's value (upfirdn2d_value), and as its
+    gradient the adjoint upfirdn2d (docs/algorithm.md "Op: upfirdn2d"), by the same code; any order."""
     return _Upfirdn2dRef.apply(x, f, up, down, list(padding), flip_filter, gain)
 
 
@@ -266,7 +146,7 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 
         padding: int, ``[px, py]`` or ``[x0, x1, y0, y1]`` in samples of the upsampled signal; negative crops.
         flip_filter: False = true convolution, True = correlation.
         gain: overall gain; the filter is multiplied by ``gain ** (f.ndim / 2)``.
-        impl: 'auto' | 'ref' | 'triton'.
+        impl: 'auto' | 'ref' | 'cpu' | 'triton' (docs/ops.md "Backends").
 
     Returns:
         ``[N, C, (H*up + y0 + y1 - fh) // down + 1, (W*up + x0 + x1 - fw) // down + 1]``, ``x``'s dtype,
@@ -279,9 +159,13 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 
     padding = parse_padding(padding)
     gain = check_gain(gain)
     check_output_size(x, f, up, down, padding)
-    if select_impl(impl, x, "upfirdn2d") == "triton":
+    impl = select_impl(impl, x, "upfirdn2d")
+    if impl == "triton":
+        # imported on first use: Triton reads TRITON_INTERPRET when its kernels are decorated (ops/_dispatch.py)
         from ._triton.upfirdn2d import upfirdn2d_triton
         return upfirdn2d_triton(x, f, up, down, padding, bool(flip_filter), gain)
+    if impl == "cpu":
+        return upfirdn2d_cpu(x, f, up, down, padding, bool(flip_filter), gain)
     return upfirdn2d_ref(x, f, up, down, padding, bool(flip_filter), gain)
 
 

@@ -3,7 +3,10 @@
 - layers point one way: `ops` imports nothing from `models` or `pipeline`; `models` nothing from `pipeline`;
 - commands (the `python -m pipeline.<cmd>` entry points) are imported by no library module;
 - no import cycle among `pipeline` modules, counting the imports that run when a module is imported
-  (module level, class bodies, top-level if/try; not function bodies, not `if TYPE_CHECKING:`).
+  (module level, class bodies, top-level if/try; not function bodies, not `if TYPE_CHECKING:`);
+- `ops` and `models` import neither Ray nor MLflow (they run with torch, triton, numpy and scipy alone);
+- `models` knows no device: no `.device.type`, `.is_cuda` or `torch.cuda` in its code (the ops' dispatcher and
+  `ops.compute_dtype` decide from the tensor, docs/ops.md "Backends").
 
 The layer and command contracts count every import, function-local ones included: a local import is still a
 dependency. A failure prints the offending import with file and line, or the cycle as a chain.
@@ -221,3 +224,51 @@ def test_the_checker_sees_imports():
                                                                 for s, t in edges)
     assert any(s == "pipeline.metrics.core" and t == "pipeline.metrics.equivariance" for s, t in edges)
     assert _cycles({"a": [Import("a", "b", 1, True)], "b": [Import("b", "a", 2, True)]})
+
+
+def _external_imports(package: str) -> list[tuple[str, int, str]]:
+    """(file, line, top-level name) of every import in `package` of a module that is not ours, function-local
+    ones included."""
+    out = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for name in names:
+                out.append((str(path.relative_to(ROOT)), node.lineno, name.partition(".")[0]))
+    return out
+
+
+def test_ops_and_models_import_neither_ray_nor_mlflow():
+    seen = _external_imports("ops") + _external_imports("models")
+    assert any(top == "torch" for _, _, top in seen)  # the checker sees imports at all
+    bad = sorted(f"{f}:{line}: imports {top}" for f, line, top in seen if top in ("ray", "mlflow", "pipeline"))
+    assert not bad, "ops and models run without Ray, MLflow or pipeline:\n" + "\n".join(bad)
+
+
+def _device_branches(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every `<expr>.device.type`, `<expr>.is_cuda` and `torch.cuda` in `tree`."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            if node.attr == "type" and isinstance(node.value, ast.Attribute) and node.value.attr == "device":
+                out.append((node.lineno, ast.unparse(node)))
+            elif node.attr == "is_cuda":
+                out.append((node.lineno, ast.unparse(node)))
+            elif node.attr == "cuda" and isinstance(node.value, ast.Name) and node.value.id == "torch":
+                out.append((node.lineno, ast.unparse(node)))
+    return out
+
+
+def test_models_know_no_device():
+    probe = ast.parse("if x.device.type == 'cuda' or w.is_cuda or torch.cuda.is_available(): pass")
+    assert len(_device_branches(probe)) == 3  # the checker finds what it looks for
+    bad = []
+    for path in sorted((ROOT / "models").rglob("*.py")):
+        for line, text in _device_branches(ast.parse(path.read_text(), filename=str(path))):
+            bad.append(f"{path.relative_to(ROOT)}:{line}: {text}")
+    assert not bad, ("models/ calls ops and knows no device; choose by device in ops/ (the dispatcher, "
+                     "ops.compute_dtype):\n" + "\n".join(bad))

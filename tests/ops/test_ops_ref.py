@@ -1,5 +1,6 @@
-"""The reference (PyTorch) path of the ops against independent float64 constructions of their definitions
-(docs/algorithm.md "Ops"), gradients by gradcheck/gradgradcheck, argument validation and dispatch."""
+"""The PyTorch backends of the ops -- the reference (impl='ref', the definitions) and the CPU path (impl='cpu',
+ops/_cpu) -- against independent float64 constructions of their definitions (docs/algorithm.md "Ops"), gradients
+by gradcheck/gradgradcheck, argument validation and dispatch (docs/ops.md "Backends")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ import ops
 from ops.bias_act import ACTIVATIONS
 from ops.filtered_lrelu import output_shape
 from tests.ops.ops_definition import SG3_LAYERS, filtered_lrelu_def, layer_filters, upfirdn2d_def
+
+# The two PyTorch backends: every definition test runs on both.
+TORCH_IMPLS = ["ref", "cpu"]
+
+
+def _graph_nodes(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``t`` (which backend's Functions ran)."""
+    seen, names, stack = set(), set(), [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
 
 
 def _random_case(up, down, kind, seed):
@@ -37,55 +54,60 @@ def _random_case(up, down, kind, seed):
     return x, f, pad, rng.uniform(0.5, 3.0)
 
 
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("up,down,kind,flip", list(itertools.product([1, 2, 4], [1, 2, 4], ["sep", "2d", "none"],
                                                                       [False, True])))
-def test_upfirdn2d_ref_matches_definition(up, down, kind, flip):
+def test_upfirdn2d_ref_matches_definition(up, down, kind, flip, impl):
     x, f, pad, gain = _random_case(up, down, kind, seed=up * 100 + down * 10 + len(kind) + flip)
     want = upfirdn2d_def(x, f, up, down, pad, flip, gain)
-    got = ops.upfirdn2d(x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl="ref")
+    got = ops.upfirdn2d(x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=impl)
     assert got.shape == want.shape
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    got32 = ops.upfirdn2d(x.float(), f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl="ref")
+    got32 = ops.upfirdn2d(x.float(), f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=impl)
     torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-def test_flip_filter_and_convolution_orientation():
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_flip_filter_and_convolution_orientation(impl):
     # An impulse through an asymmetric filter: true convolution reproduces the taps in order, correlation reversed.
     x = torch.zeros(1, 1, 1, 5, dtype=torch.float64)
     x[..., 2] = 1
     f = torch.tensor([[1.0, 2.0, 3.0]])
-    conv = ops.upfirdn2d(x, f, padding=[2, 0, 0, 0], impl="ref")[0, 0, 0]
-    corr = ops.upfirdn2d(x, f, padding=[2, 0, 0, 0], flip_filter=True, impl="ref")[0, 0, 0]
+    conv = ops.upfirdn2d(x, f, padding=[2, 0, 0, 0], impl=impl)[0, 0, 0]
+    corr = ops.upfirdn2d(x, f, padding=[2, 0, 0, 0], flip_filter=True, impl=impl)[0, 0, 0]
     torch.testing.assert_close(conv, torch.tensor([0.0, 0, 1, 2, 3], dtype=torch.float64))
     torch.testing.assert_close(corr, torch.tensor([0.0, 0, 3, 2, 1], dtype=torch.float64))
 
 
-def test_gain_convention_separable_equals_2d():
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_gain_convention_separable_equals_2d(impl):
     # gain ** (f.ndim / 2): a [taps] filter and its outer product [taps, taps] give the same total gain.
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     f = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
-    a = ops.upfirdn2d(x, f, up=2, padding=2, gain=4, impl="ref")
-    b = ops.upfirdn2d(x, torch.outer(f, f), up=2, padding=2, gain=4, impl="ref")
+    a = ops.upfirdn2d(x, f, up=2, padding=2, gain=4, impl=impl)
+    b = ops.upfirdn2d(x, torch.outer(f, f), up=2, padding=2, gain=4, impl=impl)
     torch.testing.assert_close(a, b)
     # zero insertion after each sample: with an identity filter, sample k lands at k * up
-    y = ops.upfirdn2d(x, None, up=2, impl="ref")
+    y = ops.upfirdn2d(x, None, up=2, impl=impl)
     assert y.shape == (1, 2, 12, 12)
     torch.testing.assert_close(y[:, :, ::2, ::2], x)
     assert y[:, :, 1::2].abs().max() == 0 and y[:, :, :, 1::2].abs().max() == 0
 
 
-def test_padding_entirely_outside_the_data_gives_zeros_with_a_gradient():
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_padding_entirely_outside_the_data_gives_zeros_with_a_gradient(impl):
     x = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    y = ops.upfirdn2d(x, torch.ones(2), up=2, padding=[-10, 12, 0, 0], impl="ref")
+    y = ops.upfirdn2d(x, torch.ones(2), up=2, padding=[-10, 12, 0, 0], impl=impl)
     want = upfirdn2d_def(x.detach(), torch.ones(2), up=2, padding=[-10, 12, 0, 0])
     assert y.shape == want.shape and y.abs().max() == 0
     (g,) = torch.autograd.grad(y.sum(), x)
     assert g.abs().max() == 0
 
 
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("row", SG3_LAYERS, ids=[r[0] for r in SG3_LAYERS])
-def test_filtered_lrelu_ref_stylegan3_layers(row):
+def test_filtered_lrelu_ref_stylegan3_layers(row, impl):
     name, up, down, fu_taps, fd_taps, radial, pad, gain, slope, in_size, out_size, small = row
     fu, fd = layer_filters(up, down, fu_taps, fd_taps, radial)
     # the table's full-size input gives the table's output size
@@ -96,22 +118,23 @@ def test_filtered_lrelu_ref_stylegan3_layers(row):
     for clamp in (None, 0.7):
         want = filtered_lrelu_def(x, fu, fd, b, up, down, pad, gain, slope, clamp)
         got = ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=pad, gain=gain, slope=slope, clamp=clamp,
-                                 impl="ref")
+                                 impl=impl)
         assert got.shape == want.shape == (2, 3, *output_shape(x, fu, fd, up, down, pad))
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         got32 = ops.filtered_lrelu(x.float(), fu, fd, b.float(), up=up, down=down, padding=pad, gain=gain,
-                                   slope=slope, clamp=clamp, impl="ref")
+                                   slope=slope, clamp=clamp, impl=impl)
         torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-def test_filtered_lrelu_flip_filter_and_asymmetric_filters():
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_filtered_lrelu_flip_filter_and_asymmetric_filters(impl):
     gen = torch.Generator().manual_seed(3)
     fu, fd = torch.rand(4, generator=gen) + 0.1, torch.rand(3, 5, generator=gen) + 0.1
     x = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64)
     for flip in (False, True):
         want = filtered_lrelu_def(x, fu, fd, None, 2, 2, [3, 1, 2, -1], 1.3, 0.1, 2.0, flip)
         got = ops.filtered_lrelu(x, fu, fd, None, up=2, down=2, padding=[3, 1, 2, -1], gain=1.3, slope=0.1, clamp=2.0,
-                                 flip_filter=flip, impl="ref")
+                                 flip_filter=flip, impl=impl)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -156,26 +179,28 @@ def test_bias_act_defaults():
     torch.testing.assert_close(ops.bias_act(x, dim=0, act="relu", clamp=2.0), torch.tensor([0.0, 2.0]))
 
 
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("up,down,f,pad,flip", [
     (2, 1, torch.tensor([1.0, 2.0, 4.0]), [2, 1, 1, 2], False),
     (1, 2, torch.tensor([[1.0, 2.0], [3.0, 5.0]]), [1, 0, 0, 1], True),
     (2, 2, torch.tensor([1.0, 3.0, 2.0, 1.0]), [-1, 3, 2, -2], False),
     (4, 1, torch.tensor([1.0, 2.0, 3.0, 4.0]), [0, -2, -1, 0], True),
 ])
-def test_upfirdn2d_ref_gradcheck(up, down, f, pad, flip):
+def test_upfirdn2d_ref_gradcheck(up, down, f, pad, flip, impl):
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
-    fn = lambda x_: ops.upfirdn2d(x_, f, up=up, down=down, padding=pad, flip_filter=flip, gain=1.7, impl="ref")  # noqa
+    fn = lambda x_: ops.upfirdn2d(x_, f, up=up, down=down, padding=pad, flip_filter=flip, gain=1.7, impl=impl)  # noqa
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
-def test_filtered_lrelu_ref_gradcheck():
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_filtered_lrelu_ref_gradcheck(impl):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
     fu, fd = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8, torch.tensor([[1.0, 2.0], [2.0, 3.0]]) / 8
     fn = lambda x_, b_: ops.filtered_lrelu(x_, fu, fd, b_, up=2, down=2, padding=[2, 1, 1, 2], clamp=0.9,  # noqa
-                                           impl="ref")
+                                           impl=impl)
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
@@ -192,24 +217,25 @@ def test_setup_filter():
     assert ops.setup_filter(torch.ones(12), separable=False).shape == (12, 12)
 
 
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("f", [torch.tensor([1.0, 3.0, 3.0, 1.0]), ops.setup_filter([1, 3, 3, 1]),
                                torch.tensor([1.0, 2.0, 5.0])])
-def test_resampling_helpers(f):
+def test_resampling_helpers(f, impl):
     fw = f.shape[-1]
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    y = ops.filter2d(x, f, impl="ref")
+    y = ops.filter2d(x, f, impl=impl)
     assert y.shape == x.shape
     torch.testing.assert_close(y, upfirdn2d_def(x, f, padding=[fw // 2, (fw - 1) // 2] * 2))
-    u = ops.upsample2d(x, f, impl="ref")
+    u = ops.upsample2d(x, f, impl=impl)
     assert u.shape == (2, 3, 16, 16)
     torch.testing.assert_close(u, upfirdn2d_def(x, f, up=2, padding=[(fw + 1) // 2, (fw - 2) // 2] * 2, gain=4))
-    d = ops.downsample2d(x, f, impl="ref")
+    d = ops.downsample2d(x, f, impl=impl)
     assert d.shape == (2, 3, 4, 4)
     torch.testing.assert_close(d, upfirdn2d_def(x, f, down=2, padding=[(fw - 1) // 2, (fw - 2) // 2] * 2))
     if fw == 4:
         # [1, 3, 3, 1]'s two polyphase components each sum to 1/2: with gain up**2 a constant stays constant
         c = torch.full((1, 1, 8, 8), 2.0, dtype=torch.float64)
-        torch.testing.assert_close(ops.upsample2d(c, f / f.sum(), impl="ref")[..., 4:-4, 4:-4],
+        torch.testing.assert_close(ops.upsample2d(c, f / f.sum(), impl=impl)[..., 4:-4, 4:-4],
                                    torch.full((1, 1, 8, 8), 2.0, dtype=torch.float64))
 
 
@@ -251,6 +277,15 @@ def test_dispatch(monkeypatch):
     x = torch.randn(1, 2, 4, 4)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("STYLEGAN3_OPS_IMPL", raising=False)
+    # 'auto' on a CPU tensor is the CPU path; 'ref' and 'cpu' are taken as asked
+    xg = x.clone().requires_grad_(True)
+    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2))
+    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))
+    assert "Upfirdn2dRefBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="ref"))
+    fu = torch.ones(4) / 4
+    assert "_CorrelateBackward" in _graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3))
+    assert "_CorrelateBackward" not in _graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3,
+                                                                       impl="ref"))
     for call in (lambda: ops.bias_act(x, impl="triton"), lambda: ops.upfirdn2d(x, None, impl="triton"),
                  lambda: ops.filtered_lrelu(x, impl="triton")):
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
@@ -264,15 +299,24 @@ def test_dispatch(monkeypatch):
         ops.bias_act(x)
     monkeypatch.setenv("STYLEGAN3_OPS_IMPL", "ref")
     torch.testing.assert_close(ops.bias_act(x, act="relu", gain=1), F.relu(x))
+    assert "Upfirdn2dRefBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2))     # the variable steers 'auto'
+    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))  # not an explicit impl
+    # the convolutions have no Triton kernel: 'triton' is their GPU path (the reference), with no interpreter check
+    monkeypatch.setenv("STYLEGAN3_OPS_IMPL", "triton")
+    w = torch.randn(3, 2, 3, 3)
+    torch.testing.assert_close(ops.conv2d(x, w, 1, gain=0.5), F.conv2d(x, w * 0.5, padding=1))
+    with pytest.raises(ValueError, match="modulated_conv2d: impl must be one of"):
+        ops.modulated_conv2d(x, w, torch.ones(1, 2), impl="gpu")
 
 
 @pytest.mark.parametrize("slope,gain,clamp", [(0.2, math.sqrt(2), None), (0.2, math.sqrt(2), 1.5), (1.0, 1.0, 0.7),
                                               (0.0, 3.0, 2.0)])
 def test_filtered_lrelu_fused_activation_equals_bias_act(slope, gain, clamp):
-    # filtered_lrelu's reference path runs lrelu * gain, clamp as one in-place autograd Function: the same
+    # filtered_lrelu's CPU path (where the phase domain does not apply) runs lrelu * gain, clamp as one in-place
+    # autograd Function: the same
     # values and gradients as bias_act_ref, at the kink (x = 0) and at the clamp bounds too.
+    from ops._cpu.filtered_lrelu import _LreluGainClamp
     from ops.bias_act import bias_act_ref
-    from ops.filtered_lrelu import _LreluGainClamp
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64) * 3
@@ -292,9 +336,9 @@ def test_filtered_lrelu_fused_activation_equals_bias_act(slope, gain, clamp):
 
 @pytest.mark.parametrize("up,down", [(2, 2), (4, 2), (2, 1), (4, 4), (3, 1), (4, 1), (3, 3)])
 def test_filtered_lrelu_phase_domain_matches_definition(up, down):
-    # On CPU, layers with down | up and separable filters run phase by phase (ops/filtered_lrelu.py): random
+    # On CPU, layers with down | up and separable filters run phase by phase (ops/_cpu/filtered_lrelu.py): random
     # asymmetric filters (so flip_filter matters), identity filters, random (also negative) paddings, clamps.
-    from ops.filtered_lrelu import phase_domain_applies
+    from ops._cpu.filtered_lrelu import phase_domain_applies
 
     rng = random.Random(up * 10 + down)
     gen = torch.Generator().manual_seed(up * 10 + down)
@@ -315,37 +359,37 @@ def test_filtered_lrelu_phase_domain_matches_definition(up, down):
             for flip in (False, True):
                 want = filtered_lrelu_def(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip)
                 got = ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=pad, gain=gain, slope=slope,
-                                         clamp=clamp, flip_filter=flip, impl="ref")
+                                         clamp=clamp, flip_filter=flip, impl="cpu")
                 assert got.shape == want.shape, (case, pad)
                 torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_filtered_lrelu_phase_domain_gradients_and_path_choice(monkeypatch):
-    import importlib
+def test_filtered_lrelu_phase_domain_gradients_and_path_choice():
+    from ops._cpu.filtered_lrelu import phase_domain_applies
 
-    from ops.filtered_lrelu import phase_domain_applies
-    flrelu = importlib.import_module("ops.filtered_lrelu")
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
     fu, fd = torch.tensor([1.0, 3.0, 2.0, 1.0]) / 7, torch.tensor([1.0, 2.0, 4.0]) / 7
-    fn = lambda x_, b_: ops.filtered_lrelu(x_, fu, fd, b_, up=4, down=2, padding=[2, 1, -1, 3], clamp=0.9,  # noqa
-                                           impl="ref")
+    fn = lambda x_, b_, impl="cpu": ops.filtered_lrelu(x_, fu, fd, b_, up=4, down=2, padding=[2, 1, -1, 3],  # noqa
+                                                       clamp=0.9, impl=impl)
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
-    # the phase path is taken only where it applies; the switch turns it off (same values either way)
+    # the phase path is taken only where it applies (on the CPU path, CPU tensors); the reference computes the
+    # same values by the definition
     assert not phase_domain_applies(x, fu, torch.outer(fd, fd), 2, 2, 1.0, 0.2)   # 2-D fd (config R)
     assert not phase_domain_applies(x, fu, fd, 2, 4, 1.0, 0.2)                    # down does not divide up
     assert not phase_domain_applies(x, fu, fd, 2, 2, -1.0, 0.2)                   # negative gain
-    y = fn(x, b)
-    monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
-    assert not phase_domain_applies(x, fu, fd, 4, 2, 1.0, 0.2)
-    torch.testing.assert_close(fn(x, b), y, rtol=1e-12, atol=1e-12)
+    assert phase_domain_applies(x, fu, fd, 4, 2, 1.0, 0.2)
+    assert not phase_domain_applies(x.to("meta"), fu, fd, 4, 2, 1.0, 0.2)          # not a CPU tensor
+    y, y_ref = fn(x, b), fn(x, b, "ref")
+    assert "_CorrelateBackward" in _graph_nodes(y) and "_CorrelateBackward" not in _graph_nodes(y_ref)
+    torch.testing.assert_close(y_ref, y, rtol=1e-12, atol=1e-12)
 
 
 def test_phase_domain_activation_gradient_convention():
     # _LreluClamp: leaky ReLU's gradient, and zero where the output sits at the clamp (docs/algorithm.md "Op: bias_act"'s CUDA rule).
-    from ops.filtered_lrelu import _LreluClamp
+    from ops._cpu.filtered_lrelu import _LreluClamp
 
     x = torch.tensor([-3.0, -1.0, 0.5, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
     y = _LreluClamp.apply(x, 0.2, 1.5)
@@ -359,7 +403,7 @@ def test_phase_domain_activation_gradient_convention():
 def test_phase_domain_activation_clamp_skipped_only_strictly_inside():
     # Where every value is strictly inside the clamp, the clamp and its gradient mask are skipped; a value that
     # lands exactly on the clamp still gets the zero gradient, and one beyond it is clamped.
-    from ops.filtered_lrelu import _LreluClamp
+    from ops._cpu.filtered_lrelu import _LreluClamp
 
     x = torch.tensor([-3.0, -1.0, 0.5, 1.4], dtype=torch.float64, requires_grad=True)
     y = _LreluClamp.apply(x, 0.2, 1.5)
@@ -377,3 +421,69 @@ def test_phase_domain_activation_clamp_skipped_only_strictly_inside():
     assert y[0].item() == -1.5
     (g,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g, torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+def _modulated_conv_def(x, w, s, padding, demodulate, gain):
+    """Sample by sample, float64: pre-normalisation, modulation, demodulation, input gain, convolution
+    (docs/algorithm.md "Modulated convolution" steps 1-5)."""
+    x, w, s = x.double(), w.double(), s.double()
+    out = []
+    for n in range(x.shape[0]):
+        wn = w
+        sn = s[n]
+        if demodulate:
+            wn = wn / wn.square().mean([1, 2, 3], keepdim=True).sqrt()
+            sn = sn / s.square().mean().sqrt()
+        wn = wn * sn.view(1, -1, 1, 1)
+        if demodulate:
+            wn = wn / (wn.square().sum([1, 2, 3], keepdim=True) + 1e-8).sqrt()
+        if gain is not None:
+            wn = wn * gain.double()
+        out.append(F.conv2d(x[n:n + 1], wn, padding=padding))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_modulated_conv_matches_per_sample_definition(impl, monkeypatch):
+    import ops._cpu.winograd as winograd
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)     # the CPU path's Winograd also at this small size
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 3, 6, 6, generator=gen), torch.randn(4, 3, 3, 3, generator=gen)
+    s, gain = torch.randn(2, 3, generator=gen) + 1, torch.tensor(0.7)
+    for pad, demod, g in ((2, True, gain), (0, False, None), (1, True, None)):
+        want = _modulated_conv_def(x, w, s, pad, demod, g)
+        # float32: the CPU path's 3x3 convolutions are Winograd F(4x4, 3x3), rounding a few times a direct conv's
+        y = ops.modulated_conv2d(x, w, s, padding=pad, demodulate=demod, input_gain=g, impl=impl)
+        assert y.dtype == torch.float32 and y.shape == want.shape
+        torch.testing.assert_close(y.double(), want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+        # float64 agrees to ~1e-14 on both paths
+        y64 = ops.modulated_conv2d(x.double(), w.double(), s.double(), padding=pad, demodulate=demod,
+                                   input_gain=None if g is None else g.double(), impl=impl)
+        torch.testing.assert_close(y64, want, atol=1e-12, rtol=1e-12)
+    fn = lambda x_, w_, s_: ops.modulated_conv2d(x_, w_, s_, padding=2, input_gain=gain.double(), impl=impl)  # noqa
+    args = [x[:1, :2, :4, :4], w[:2, :2], s[:1, :2]]
+    args = [t.double().clone().requires_grad_(True) for t in args]
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+    # 1x1 kernels (ToRGB)
+    w1 = torch.randn(4, 3, 1, 1, generator=gen)
+    torch.testing.assert_close(ops.modulated_conv2d(x, w1, s, demodulate=False, impl=impl).double(),
+                               _modulated_conv_def(x, w1, s, 0, False, None), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", TORCH_IMPLS)
+def test_conv2d_equals_scaled_weight_convolution(impl, monkeypatch):
+    import ops._cpu.winograd as winograd
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
+    gen = torch.Generator().manual_seed(4)
+    for k, pad in ((3, 1), (1, 0)):
+        x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(4, 3, k, k, generator=gen, dtype=torch.float64, requires_grad=True)
+        got, want = ops.conv2d(x, w, pad, gain=0.37, impl=impl), F.conv2d(x, w * 0.37, padding=pad)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert ("_Conv3x3WinogradBackward" in _graph_nodes(got)) == (impl == "cpu" and k == 3)
+    assert torch.autograd.gradgradcheck(lambda x_, w_: ops.conv2d(x_, w_, 1, gain=1.7, impl=impl),
+                                        (x[:1, :, :4, :4].detach().requires_grad_(True),
+                                         w[:2].detach().requires_grad_(True)))

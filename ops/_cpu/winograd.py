@@ -1,9 +1,9 @@
-"""3x3 convolution by Winograd's minimal filtering F(4x4, 3x3), for the CPU path of the generator's modulated
+"""3x3 convolution by Winograd's minimal filtering F(4x4, 3x3), for the CPU path (impl 'cpu') of the modulated
 3x3 convolutions and the discriminator's stride-1 3x3 convolutions (where ``applies`` says so).
 
 The modulated 3x3 convolutions are most of a CPU training step. On the CPU PyTorch runs them as direct (oneDNN)
 convolutions, whose backward is about twice as slow on channels-last tensors -- the layout that the rest of the
-CPU synthesis path uses (ops/filtered_lrelu.py). F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile
+CPU synthesis path uses (ops/_cpu/filtered_lrelu.py). F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile
 with 36 multiplies per input/output channel pair instead of 144 (Lavin & Gray, "Fast Algorithms for
 Convolutional Neural Networks", 2016): the input tiles and the weights are transformed by small constant
 matrices, multiplied as 36 independent [tiles, C] x [C, O] matrix products, and transformed back. The backward
@@ -41,9 +41,6 @@ _AT = [[1, 1, 1, 1, 1, 0],
        [0, 1, 1, 4, 4, 0],
        [0, 1, -1, 8, -8, 1]]
 
-# Switch for the CPU fast path that uses these convolutions (the generator's modulated 3x3 convolutions and the
-# discriminator's stride-1 3x3 ones); off = F.conv2d, as in the benchmarks' same-command baseline.
-ENABLED = True
 # Below this many 4x4 output tiles per call (batch x tiles per image) the weight transform, proportional to the
 # weight's size, costs more than the matrix products save: D's 16x16 and smaller layers at batch 4 measured
 # slower by Winograd than by F.conv2d on the benchmark machine; its 32x32 and 64x64 layers and all of G's faster.
@@ -169,10 +166,9 @@ class _Conv3x3Winograd(torch.autograd.Function):
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
-    """Whether the CPU fast path computes this convolution by Winograd: switched on, a CPU float32/64 input,
-    a 3x3 kernel, at least MIN_CHANNELS input and output channels and at least MIN_TILES output tiles (float16
-    and CUDA keep F.conv2d)."""
-    if not (ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
+    """Whether the CPU path computes this convolution by Winograd: a CPU float32/64 input, a 3x3 kernel, at least
+    MIN_CHANNELS input and output channels and at least MIN_TILES output tiles (float16 and CUDA keep F.conv2d)."""
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
             and weight.shape[2:] == (3, 3) and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS):
         return False
     _, _, th, tw = _tiles(x.shape[2], x.shape[3], padding)

@@ -1,5 +1,6 @@
-"""The CPU path's 3x3 convolution by Winograd F(4x4, 3x3) (models/winograd.py) against F.conv2d: values,
-gradients of every order, memory formats, and the generator built on it against the direct convolution."""
+"""The CPU path's 3x3 convolution by Winograd F(4x4, 3x3) (ops/_cpu/winograd.py) against F.conv2d: values,
+gradients of every order, memory formats, and when the CPU path takes it. (The networks built on it:
+tests/models/test_backends.py.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-import models.winograd as winograd
-from models.winograd import conv3x3_winograd
+import ops._cpu.winograd as winograd
+from ops._cpu.winograd import conv3x3_winograd
 
 
 @pytest.mark.parametrize("pad", [0, 1, 2, 3])
@@ -59,36 +59,6 @@ def test_bad_arguments_are_named():
         conv3x3_winograd(x, torch.randn(2, 3, 3, 3), -1)
 
 
-def test_generator_same_with_direct_convolution_and_polyphase_ops(monkeypatch):
-    # The whole CPU fast path (Winograd convolutions + phase-domain filtered_lrelu) against the code paths it
-    # replaced, on a small StyleGAN3-T: same images and gradients up to float32 rounding.
-    import importlib
-    flrelu = importlib.import_module("ops.filtered_lrelu")
-    torch.manual_seed(0)
-    G, _ = models.build("stylegan3-t", 16, channel_base=1024, channel_max=32, z_dim=16, w_dim=16)
-    z = torch.randn(2, 16)
-
-    def run():
-        G.zero_grad(set_to_none=True)
-        img = G(z, None)
-        img.square().mean().backward()
-        return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
-
-    monkeypatch.setattr(winograd, "MIN_TILES", 0)     # so that all of G's 3x3 convolutions take the Winograd
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)  # path at this small size
-    fast_img, fast_grads = run()
-    monkeypatch.setattr(winograd, "ENABLED", False)
-    monkeypatch.setattr(flrelu, "PHASE_DOMAIN", False)
-    slow_img, slow_grads = run()
-    assert fast_img.is_contiguous()
-    scale = slow_img.abs().max().item()
-    torch.testing.assert_close(fast_img, slow_img, atol=1e-4 * scale, rtol=1e-4)
-    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 20
-    for k in slow_grads:
-        s = slow_grads[k].abs().max().item()
-        torch.testing.assert_close(fast_grads[k], slow_grads[k], atol=1e-3 * s + 1e-12, rtol=1e-3, msg=k)
-
-
 def test_gain_is_folded_into_the_weight_transform():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -112,31 +82,3 @@ def test_applies_only_to_cpu_float32_64_3x3_with_enough_tiles_and_channels():
     assert not winograd.applies(big[:, :, :28, :28], w3, 1)
     assert not winograd.applies(big[:, :32], w3[:, :32], 1)   # 32 input channels: likewise
     assert not winograd.applies(big, w3[:48], 1)              # 48 output channels
-
-
-def test_discriminator_and_r1_same_with_direct_convolution(monkeypatch):
-    # D's stride-1 3x3 convolutions run by Winograd on CPU: logits, parameter gradients and the R1 penalty's
-    # double-backward gradients agree with F.conv2d up to float32 rounding.
-    torch.manual_seed(0)
-    _, D = models.build("stylegan3-t", 16, channel_base=512, channel_max=32)
-    img = torch.randn(4, 3, 16, 16)
-
-    def run():
-        D.zero_grad(set_to_none=True)
-        x = img.clone().requires_grad_(True)
-        logits = D(x, None)
-        (rgrad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-        (logits.sum() + rgrad.square().sum()).backward()
-        return logits.detach(), rgrad.detach(), {k: p.grad.clone() for k, p in D.named_parameters()}
-
-    monkeypatch.setattr(winograd, "MIN_TILES", 0)
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
-    fast = run()
-    monkeypatch.setattr(winograd, "ENABLED", False)
-    slow = run()
-    for a, b in zip(fast[:2], slow[:2]):
-        torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
-    assert len(slow[2]) > 10
-    for k in slow[2]:
-        s = slow[2][k].abs().max().item()
-        torch.testing.assert_close(fast[2][k], slow[2][k], atol=1e-3 * s + 1e-12, rtol=1e-3, msg=k)
