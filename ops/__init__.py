@@ -16,8 +16,6 @@ import os
 # A value already in the environment wins; THP_MEM_ALLOC_ENABLE=0 opts out of the first.
 CPU_PROCESS_ENV = {"THP_MEM_ALLOC_ENABLE": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                    "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
-# torch reads THP_MEM_ALLOC_ENABLE at its first large allocation, so it still takes effect in this process.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def cpu_process_env() -> dict:

@@ -7,7 +7,13 @@ import os
 
 def local_ray_env() -> None:
     """Before Ray is imported: a local instance binds to loopback only and writes no auth-token file
-    (which would switch a later `ray start --head` to token auth), docs/platform.md "Ray"."""
+    (which would switch a later `ray start --head` to token auth), docs/platform.md "Ray". And, for this driver
+    and the processes it starts, PyTorch's huge-page setting of the CPU path (ops.cpu_process_env; torch reads it
+    at its first large allocation, so it takes effect here too; the training workers get all of
+    ops.cpu_process_env through their runtime_env)."""
+    import ops  # (torch: the commands that call this import it anyway)
+
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", ops.cpu_process_env()["THP_MEM_ALLOC_ENABLE"])
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -5,6 +5,8 @@
 - no import cycle among `pipeline` modules, counting the imports that run when a module is imported
   (module level, class bodies, top-level if/try; not function bodies, not `if TYPE_CHECKING:`);
 - `ops` and `models` import neither Ray nor MLflow (they run with torch, triton, numpy and scipy alone);
+- `ops` and `models` never write the process environment (`import ops` changes nothing; the CPU path's settings
+  are given to processes where they start, docs/ops.md "Backends");
 - `models` knows no device: no `.device.type`, `.is_cuda` or `torch.cuda` in its code (the ops' dispatcher and
   `ops.compute_dtype` decide from the tensor, docs/ops.md "Backends").
 
@@ -272,3 +274,37 @@ def test_models_know_no_device():
             bad.append(f"{path.relative_to(ROOT)}:{line}: {text}")
     assert not bad, ("models/ calls ops and knows no device; choose by device in ops/ (the dispatcher, "
                      "ops.compute_dtype):\n" + "\n".join(bad))
+
+
+def _environment_writes(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every write to the process environment: `os.environ[...] = / del`, `os.environ.<mutator>(...)`,
+    `os.putenv`/`os.unsetenv`."""
+    out = []
+
+    def is_environ(e: ast.expr) -> bool:
+        return isinstance(e, ast.Attribute) and e.attr == "environ"
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            out += [(node.lineno, ast.unparse(t)) for t in targets
+                    if isinstance(t, ast.Subscript) and is_environ(t.value)]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if (is_environ(f.value) and f.attr in ("setdefault", "update", "pop", "popitem", "clear")) or \
+                    f.attr in ("putenv", "unsetenv"):
+                out.append((node.lineno, ast.unparse(node)))
+    return out
+
+
+def test_ops_and_models_do_not_write_the_environment():
+    probe = ast.parse("os.environ['A'] = '1'\nos.environ.setdefault('B', '1')\nos.putenv('C', '1')\n"
+                      "x = os.environ.get('D')")
+    assert len(_environment_writes(probe)) == 3  # the checker finds what it looks for (and not a read)
+    bad = []
+    for package in ("ops", "models"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, text in _environment_writes(ast.parse(path.read_text(), filename=str(path))):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {text}")
+    assert not bad, ("ops/ and models/ leave the process environment alone; set what a process needs where it "
+                     "starts (ops.cpu_process_env(), pipeline/ray_session.py):\n" + "\n".join(bad))
