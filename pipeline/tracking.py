@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline import storage
 from pipeline.metrics.core import DATA_METRICS, LOWER_IS_BETTER, RealImages, compute_metrics
 from pipeline.mlflow_store import tracking_uri  # public here too: pipeline.tracking.tracking_uri
 from pipeline.training import checkpoint
@@ -39,8 +41,6 @@ CHAMPION_ALIAS = "champion"
 # Quality metrics that pick the champion, in order of preference; the last is the default quality curve's
 # (pipeline.training.progress, every run unless --quality 0).
 CHAMPION_METRICS = (*LOWER_IS_BETTER, QUALITY_KEY)
-# Images per metric at each snapshot (env STYLEGAN3_METRIC_SAMPLES); the paper's 50k is for final numbers.
-DEFAULT_METRIC_SAMPLES = 1000
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
@@ -188,28 +188,31 @@ def _is_client_error(exc: Exception) -> bool:
 class MlflowCallbacks(TrainCallbacks):
     """The training loop's tracking hook (pipeline.training.callbacks): runs, metrics, artifacts, registry."""
 
-    def __init__(self, cfg, uri: str | None = None):
-        # Our queue does the retrying; MLflow's own HTTP retries would hide an outage for minutes.
+    def __init__(self, cfg):
+        """cfg: the resolved TrainConfig; its `tracking` section says where and how to log (TrackingConfig)."""
+        # Our queue does the retrying; MLflow's own HTTP retries would hide an outage for minutes. MLflow's HTTP
+        # client reads these from the environment only (no per-client setting); a value the user set wins.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         import mlflow
 
         self.cfg = cfg
-        self.uri = uri or tracking_uri()
+        self.settings = t = cfg.tracking
+        self.uri = t.uri or tracking_uri()
         self.client = mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.queue = ResilientQueue()
         self.run_id: str | None = None
-        self.model_name = cfg.run.model_name or default_model_name(cfg)
-        self.experiment = cfg.run.experiment or dataset_name(cfg.data.uri)
+        self.model_name = t.model_name or default_model_name(cfg)
+        self.experiment = t.experiment or dataset_name(cfg.data.uri)
         self.best: tuple[str, float] | None = None  # (metric, value) of the champion so far
         self._staging = Path(tempfile.mkdtemp(prefix="sg3-mlflow-"))
         # Generated (and real) images per snapshot metric; the paper's 50k is far too slow on CPUs.
-        self.metric_samples = int(os.environ.get("STYLEGAN3_METRIC_SAMPLES", str(DEFAULT_METRIC_SAMPLES)))
-        self._real = None  # RealImages held in memory after the first snapshot
+        self.metric_samples = t.metric_samples
+        self._real = None  # the real images (uint8 NCHW), held in memory after the first snapshot
 
     # -- training hooks --------------------------------------------------------------------------
     def on_start(self, trainer, resumed: bool) -> None:
-        run_id = trainer.extra.get("mlflow_run_id") if resumed else None
+        run_id = trainer.extra.get("mlflow_run_id") if resumed else self._child_run()
         self.best = tuple(trainer.extra["mlflow_best"]) if trainer.extra.get("mlflow_best") else None
         if run_id:
             self.run_id = run_id
@@ -239,9 +242,11 @@ class MlflowCallbacks(TrainCallbacks):
         (snap / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         kimg = trainer.cur_nimg / 1000
         self.queue.submit(f"snapshot artifacts at {kimg:g} kimg", lambda: self._log_snapshot(snap, kimg))
-        if (snap / checkpoint.NETWORK_FILE).exists():
+        if (snap / checkpoint.NETWORK_FILE).exists() and self.settings.register:
             self.queue.submit(f"registering the generator at {kimg:g} kimg",
                               lambda: self._register(snap, kimg, all_metrics, trainer.extra))
+        else:
+            self.queue.submit("removing the staged snapshot", lambda: shutil.rmtree(snap, ignore_errors=True))
         return quality or None
 
     def on_end(self, trainer) -> None:
@@ -254,6 +259,22 @@ class MlflowCallbacks(TrainCallbacks):
         shutil.rmtree(self._staging, ignore_errors=True)
 
     # -- internals -------------------------------------------------------------------------------
+    def _child_run(self) -> str | None:
+        """A child run (settings.parent_run_id) restarted before its first checkpoint (a sweep interrupted early)
+        continues the run that has its parent and tags; None when there is none."""
+        t = self.settings
+        if not (t.parent_run_id and t.tags):
+            return None
+        query = " and ".join([f"tags.mlflow.parentRunId = '{t.parent_run_id}'"]
+                             + [f"tags.`{k}` = '{v}'" for k, v in t.tags.items()])
+        try:
+            exp_id = self.client.get_run(t.parent_run_id).info.experiment_id
+            found = self.client.search_runs([exp_id], query, max_results=1)
+        except Exception as exc:  # noqa: BLE001 - tracking never stops training; a second child run at worst
+            log.warning("MLflow: no lookup of the child run of %s (%s)", t.parent_run_id, exc)
+            return None
+        return found[0].info.run_id if found else None
+
     def _record_run_id(self, trainer) -> None:
         if self.run_id:
             trainer.extra["mlflow_run_id"] = self.run_id
@@ -286,6 +307,9 @@ class MlflowCallbacks(TrainCallbacks):
             tags["ray.job_id"] = job
         if sha := trainer.extra.get("dataset_manifest_sha256"):
             tags["stylegan3.dataset_manifest_sha256"] = sha
+        tags.update(self.settings.tags)
+        if self.settings.parent_run_id:
+            tags["mlflow.parentRunId"] = self.settings.parent_run_id
         run = self.client.create_run(exp_id, tags=tags)
         from mlflow.entities import Param
 
@@ -330,6 +354,10 @@ class MlflowCallbacks(TrainCallbacks):
             return {}
         import torch
 
+        if self._real is None and self.settings.reals_uri and any(n in DATA_METRICS for n in names):
+            # The real images a sweep's driver read once for all its trials: no data pipeline per trial.
+            data = storage.read_bytes(self.settings.reals_uri)
+            self._real = torch.load(io.BytesIO(data), weights_only=True)[: self.metric_samples]
         if self._real is None and any(n in DATA_METRICS for n in names):
             # Read the reals once per run and keep them: every snapshot compares against the same images.
             real = RealImages.from_uri(self.cfg.data.uri)
@@ -346,7 +374,7 @@ class MlflowCallbacks(TrainCallbacks):
 
 
 def make_callbacks(cfg) -> MlflowCallbacks:
-    """Factory named by `TrainConfig.run.callbacks = "pipeline.tracking:make_callbacks"`."""
+    """The tracking hook the training loop builds on rank 0 when cfg.tracking.enabled."""
     return MlflowCallbacks(cfg)
 
 

@@ -1,7 +1,9 @@
-"""Hook for tracking and metrics inside the training loop (rank 0 only).
+"""Hooks for tracking and metrics inside the training loop (rank 0 only).
 
-The loop builds the object named by `TrainConfig.run.callbacks` ("package.module:factory"; the factory
-is called with the resolved TrainConfig and returns a `TrainCallbacks`) on the rank-0 worker and calls:
+On the rank-0 worker the loop builds the tracking hook that `TrainConfig.tracking` describes (pipeline.tracking's
+MLflow callbacks, or nothing with --tracking 0) plus any extra callbacks the launcher was given
+(`launch.build_trainer(train_callbacks=[factory, ...])`, factory(cfg) -> TrainCallbacks; tests record the worker's
+state with one), combines them in a `CallbackList` and calls:
 
 - on_start(trainer, resumed)      once, after weights/state are restored. `trainer.extra` is the
                                   free dict persisted in every checkpoint (e.g. store the MLflow run id
@@ -21,7 +23,6 @@ trainer.extra. Exceptions propagate (a failing tracker fails the worker, which F
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 
@@ -41,12 +42,26 @@ class TrainCallbacks:
         pass
 
 
-def load_callbacks(spec: str | None, config=None) -> TrainCallbacks:
-    """Build the callbacks named by "module:factory" (factory(config) -> TrainCallbacks); None = no-op."""
-    if not spec:
-        return TrainCallbacks()
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"callbacks {spec!r} must look like 'package.module:factory'")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(config)
+class CallbackList(TrainCallbacks):
+    """Several callbacks called in order; the extra metrics of their on_snapshot are merged."""
+
+    def __init__(self, callbacks: list[TrainCallbacks]):
+        self.callbacks = list(callbacks)
+
+    def on_start(self, trainer, resumed: bool) -> None:
+        for cb in self.callbacks:
+            cb.on_start(trainer, resumed)
+
+    def on_tick(self, trainer, metrics: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_tick(trainer, metrics)
+
+    def on_snapshot(self, trainer, directory: str, metrics: dict[str, Any]) -> dict[str, float] | None:
+        extra: dict[str, float] = {}
+        for cb in self.callbacks:
+            extra.update(cb.on_snapshot(trainer, directory, {**metrics, **extra}) or {})
+        return extra or None
+
+    def on_end(self, trainer) -> None:
+        for cb in self.callbacks:
+            cb.on_end(trainer)

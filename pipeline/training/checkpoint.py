@@ -19,12 +19,13 @@ latest registered checkpoint: a directory half-uploaded when storage went away i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -45,16 +46,18 @@ def dir_name(cur_nimg: int) -> str:
     return f"checkpoint_{cur_nimg / 1000:011.3f}kimg"
 
 
-def staging_dir() -> str:
-    """A fresh local directory to write one checkpoint into. Ray Train uploads it, in the background for the
-    regular snapshots, and deletes it once uploaded (`report(..., delete_local_checkpoint_after_upload=True)`)."""
-    return tempfile.mkdtemp(prefix="sg3-ckpt-")
+@contextlib.contextmanager
+def staging_dir() -> Iterator[str]:
+    """A fresh local directory to write one checkpoint into before Ray persists it; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sg3-ckpt-") as d:
+        yield d
 
 
 def save(trainer, directory: str | os.PathLike) -> None:
     """Write network.safetensors, state.pt and fakes.png of `trainer` into `directory`."""
     d = Path(directory)
     models.save_network(d / NETWORK_FILE, G=trainer.G, D=trainer.D, G_ema=trainer.G_ema,
+                        config=trainer.cfg.network,  # what the networks were built from (TrainConfig.resolved)
                         extra={"cur_nimg": trainer.cur_nimg, "kimg": trainer.cur_nimg / 1000})
     torch.save(trainer.state_dict(), d / STATE_FILE)
     save_grid(fakes_grid(trainer.G_ema, trainer.cfg.forward_batch), d / GRID_FILE)

@@ -1,7 +1,10 @@
 """The whole description of a training run as frozen dataclasses (docs/algorithm.md "Official training options").
 
-`TrainConfig` is what the CLI builds, what every Ray Train worker receives (as `to_dict()`), what a
-checkpoint stores and what MLflow logs (`flatten()`). Presets are plain tables (`PRESETS`).
+`TrainConfig` is the one config of a run: the command (pipeline.train, pipeline.tune) builds it once on the driver,
+every Ray Train worker receives it (as `to_dict()`), a checkpoint stores it and MLflow logs it (`flatten()`). Once
+resolved it also holds the network description (`network`, a `models.NetworkConfig` that the workers build G and D
+from) and the tracking settings (`tracking`: where and how the run is logged; Tune fills in its sweep's fields).
+Presets are plain tables (`PRESETS`).
 Values left as None are derived by `TrainConfig.resolved()` from the batch size, the resolution and
 `--resume`, exactly as the official train.py derives them (docs/algorithm.md "Official training options"):
 
@@ -15,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models import NetworkConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # docs/algorithm.md "Official training options": what train.py sets for each --cfg.
@@ -110,9 +116,21 @@ class RunOptions:
     # the cheap quality curve: SWD of G_ema against a fixed set of reals at every snapshot, in the tick line,
     # MLflow and progress.png (pipeline.training.progress); False = off
     quality: bool = True
-    experiment: str | None = None  # MLflow experiment name (tracking)
-    model_name: str | None = None  # MLflow registered-model name for the EMA generator (tracking)
-    callbacks: str | None = None  # "module:factory" building the rank-0 callbacks object (tracking hook)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """How the run is logged to MLflow by the rank-0 worker (pipeline.tracking); filled in on the driver."""
+
+    enabled: bool = False  # log to MLflow at all (--tracking, 1 on the command line; off for library callers)
+    uri: str | None = None  # tracking URI, resolved on the driver (the workers run in other directories); None = env
+    experiment: str | None = None  # --experiment; None = the data set's name
+    model_name: str | None = None  # --model-name: registered model of the EMA generator; None = derived
+    metric_samples: int = 1000  # generated (and real) images per snapshot metric (--metrics); the paper's 50k is slow
+    register: bool = True  # register the generator at every snapshot (a sweep registers only its best trial)
+    parent_run_id: str | None = None  # the run is a child of this MLflow run (a sweep's trials)
+    tags: dict[str, str] = field(default_factory=dict)  # extra run tags; a restarted child finds its run by them
+    reals_uri: str | None = None  # real images for the metrics, read once by the driver (torch.save'd uint8 NCHW)
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunOptions = field(default_factory=RunOptions)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    network: NetworkConfig | None = None  # G and D as models builds them; set by resolved() from model + schedule
 
     # ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -135,8 +155,14 @@ class TrainConfig:
         """Inverse of `to_dict`; unknown keys raise ConfigError naming them. Also reads the dicts that earlier
         versions stored in checkpoints and MLflow (their key names are mapped: LEGACY_KEYS)."""
         d = _upgrade(d)
-        sections = {}
+        sections: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name == "network":
+                if d.get("network") is not None:
+                    from models import NetworkConfig  # here: models loads torch, which --help does not need
+
+                    sections["network"] = NetworkConfig.from_dict(d["network"])
+                continue
             sub = dict(d.get(f.name, {}))
             sub_cls = f.default_factory  # type: ignore[misc]
             known = {sf.name for sf in fields(sub_cls)}
@@ -149,16 +175,40 @@ class TrainConfig:
         return cls(**sections)
 
     def flatten(self) -> dict[str, Any]:
-        """Flat {"section.key": value} dict for MLflow params (None kept as None, tuples joined by ',')."""
+        """Flat {"section.key": value} dict for MLflow params (None kept as None, tuples joined by ','), nested
+        sections by their path ("network.G.channel_base", "tracking.tags.NAME")."""
         out: dict[str, Any] = {}
-        for sec, values in dataclasses.asdict(self).items():
+
+        def add(prefix: str, values: dict[str, Any]) -> None:
             for k, v in values.items():
-                out[f"{sec}.{k}"] = ",".join(v) if isinstance(v, (tuple, list)) else v
+                if isinstance(v, dict):
+                    add(f"{prefix}{k}.", v)
+                else:
+                    out[f"{prefix}{k}"] = ",".join(v) if isinstance(v, (tuple, list)) else v
+
+        add("", {k: v for k, v in dataclasses.asdict(self).items() if v is not None})
         return out
 
     def replace(self, **sections: dict[str, Any]) -> "TrainConfig":
-        """Copy with some keys changed: cfg.replace(schedule={"kimg": 10})."""
-        return replace(self, **{k: replace(getattr(self, k), **v) for k, v in sections.items()})
+        """Copy with some keys changed: cfg.replace(schedule={"kimg": 10}). A change of the model section or of the
+        batch drops the resolved `network` (it was derived from them): resolve again before building networks."""
+        new = replace(self, **{k: replace(getattr(self, k), **v) for k, v in sections.items()})
+        if new.network is not None and (new.model != self.model or new.schedule.batch != self.schedule.batch):
+            new = replace(new, network=None)
+        return new
+
+    def network_config(self) -> "NetworkConfig":
+        """The models.NetworkConfig of a resolved model section (docs/algorithm.md "Official training options")."""
+        import models  # here: models loads torch, which --help does not need
+
+        m = self.model
+        if m.resolution is None or m.img_channels is None or m.c_dim is None:
+            raise ConfigError("the network is derived from a resolved config: call TrainConfig.resolved() first")
+        return models.build_config(
+            m.preset, m.resolution, channel_base=m.cbase, channel_max=m.cmax, map_depth=m.map_depth, c_dim=m.c_dim,
+            img_channels=m.img_channels, z_dim=m.z_dim, w_dim=m.w_dim, mbstd_group_size=m.mbstd_group,
+            magnitude_ema_beta=models.magnitude_ema_beta_for_batch(self.schedule.batch), fp32=m.fp32,
+            freeze_layers=m.freezed)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -200,7 +250,7 @@ class TrainConfig:
         ema_kimg = s.ema_kimg if s.ema_kimg is not None else s.batch * 10 / 32
         ema_rampup = None if resumed else s.ema_rampup
         ada_kimg = a.ada_kimg if a.ada_kimg is not None else (100.0 if resumed else 500.0)
-        return self.replace(
+        out = self.replace(
             model={"resolution": res,
                    "img_channels": m.img_channels if m.img_channels is not None else (img_channels or 3),
                    "c_dim": m.c_dim if m.c_dim is not None else ((c_dim or 0) if self.data.cond else 0)},
@@ -211,6 +261,7 @@ class TrainConfig:
             schedule={"ema_kimg": ema_kimg, "ema_rampup": ema_rampup,
                       "forward_batch": self.forward_batch},
         )
+        return replace(out, network=out.network_config())
 
     def validate(self) -> None:
         """Checks that need no data and no cluster. Raises ConfigError with one clear sentence."""
@@ -247,6 +298,8 @@ class TrainConfig:
             raise ConfigError(f"--freezed {m.freezed} must be >= 0 (the number of D layers to freeze)")
         if r.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker} must be positive")
+        if self.tracking.metric_samples < 2:
+            raise ConfigError(f"--metric-samples must be >= 2 (got {self.tracking.metric_samples})")
 
 
 # Keys renamed since earlier versions wrote their config into checkpoints (state.pt "config") and MLflow params:
@@ -254,6 +307,8 @@ class TrainConfig:
 LEGACY_KEYS: dict[tuple[str, str], tuple[str, str]] = {
     ("model", "cfg"): ("model", "preset"),
     ("schedule", "batch_per_worker"): ("schedule", "forward_batch"),
+    ("run", "experiment"): ("tracking", "experiment"),
+    ("run", "model_name"): ("tracking", "model_name"),
 }
 
 
@@ -265,4 +320,7 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(section, dict) and old_key in section:
             value = section.pop(old_key)
             out.setdefault(new_sec, {}).setdefault(new_key, value)
+    run = out.get("run")
+    if isinstance(run, dict) and "callbacks" in run:  # was "module:factory" of the tracking hook, or None
+        out.setdefault("tracking", {}).setdefault("enabled", run.pop("callbacks") is not None)
     return out

@@ -7,7 +7,8 @@ import argparse
 
 from pipeline.data.demo import DEMO_DATA, DEMO_RESOLUTION
 from pipeline.training.config import (AUG_MODES, PRESETS, AugConfig, DataConfig, LossConfig, ModelConfig,
-                                      OptimConfig, RunOptions, ScheduleConfig, TrainConfig)
+                                      OptimConfig, RunOptions, ScheduleConfig, TrackingConfig,
+                                      TrainConfig)
 
 
 def parse_bool(text: str) -> bool:
@@ -117,9 +118,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         run=RunOptions(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
                       run_name=a.run_name, resume=a.resume, seed=a.seed, max_failures=a.max_failures,
                       max_corrupt=a.max_corrupt,
-                      metrics=tuple(m for m in a.metrics.split(",") if m), quality=a.quality, experiment=a.experiment,
-                      model_name=a.model_name,
-                      callbacks="pipeline.tracking:make_callbacks" if a.tracking else None),
+                      metrics=tuple(m for m in a.metrics.split(",") if m), quality=a.quality),
+        tracking=TrackingConfig(enabled=a.tracking, experiment=a.experiment, model_name=a.model_name),
     )
 
 

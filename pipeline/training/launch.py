@@ -22,6 +22,7 @@ import ops
 from pipeline import storage
 from pipeline.data import (DataError, corrupt_counter, dataset_info, default_passes, label_distribution,
                            make_dataset)
+from pipeline.mlflow_store import tracking_uri
 from pipeline.model_sources import SourceError, fetch_network
 from pipeline.training import devices
 from pipeline.training.checkpoint import STATE_FILE
@@ -45,6 +46,9 @@ def prepare(cfg: TrainConfig):
     if cfg.data.cond and info.c_dim == 0:
         raise ConfigError(f"--cond needs labels but {cfg.data.uri} has none; rebuild the shards with labels")
     resolved = cfg.resolved(info.resolution, info.channels, info.c_dim)
+    if resolved.tracking.enabled and resolved.tracking.uri is None:
+        # Resolved here, on the driver: the workers run in other directories (./mlflow.db would be theirs).
+        resolved = resolved.replace(tracking={"uri": tracking_uri()})
     if resolved.run.run_name is None:
         resolved = resolved.replace(run={"run_name": default_run_name(resolved, info)})
     if resolved.run.resume:
@@ -132,14 +136,16 @@ def choose_device(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(run={"use_gpu": choice.use_gpu})
 
 
-def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None, progress=True,
-                  callbacks: list | None = None, step_hooks: list | None = None):
-    """The TorchTrainer of a prepared config. env_vars: extra environment for the workers (tests, tune);
+def build_trainer(cfg: TrainConfig, info, progress=True, callbacks: list | None = None,
+                  step_hooks: list | None = None, train_callbacks: list | None = None):
+    """The TorchTrainer of a prepared config (everything the workers need is in `cfg`, tracking included).
     progress: True = tick lines printed by the Ray Train controller, a `ray.util.queue.Queue` = tick lines sent
-    there (`fit` prints them in the driver), False = none; callbacks: extra Ray Train callbacks (pipeline.tune
+    there (`fit` prints them in the driver), False = none; callbacks: extra Ray Train callbacks (a sweep's trial
     adds TuneReportCallback); step_hooks: picklable callables `hook(trainer)` that every worker calls after each
     training step, with the worker's `pipeline.training.trainer.Trainer` (tests install them, e.g. to make a worker
-    fail at a chosen image count; they travel to the workers inside the loop config)."""
+    fail at a chosen image count); train_callbacks: picklable factories `factory(cfg) -> TrainCallbacks` of extra
+    rank-0 callbacks beside the tracking hook (tests record the worker's state with one). Hooks and factories
+    travel to the workers inside the loop config."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -160,6 +166,7 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         "corrupt_counter": counter,  # actor counting corrupt samples the decoders skipped
         "manifest_sha256": info.manifest_sha256,  # identifies the exact data set (tracking tag)
         "step_hooks": list(step_hooks or []),
+        "train_callbacks": list(train_callbacks or []),
     }
     loop_config["dataset_info"] = info  # the quality probe reads its fixed subset of reals from the shards
     # Where progress.png goes (beside the checkpoints): absolute, the workers run in other directories.
@@ -179,20 +186,17 @@ def build_trainer(cfg: TrainConfig, info, env_vars: dict[str, str] | None = None
         fs, path = None, str(Path(storage.parse(cfg.run.storage).path).resolve())
     run_config = ray.train.RunConfig(
         name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
-        # Worker deaths retry --max-failures times. A spot preemption announced by a node drain is counted apart
-        # and retried without limit: the loop checkpoints at the notice, so a resume loses no step
-        # (pipeline.training.loop, docs/cluster.md "Spot instances").
-        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures, max_preemption_failures=-1),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
         # `is` tests: an empty queue is falsy (it has a length).
         callbacks=([] if progress is False else
                    [ProgressPrinter(cfg.schedule.kimg, None if progress is True else progress, use_gpu=use_gpu)])
         + list(callbacks or []),
-        # Workers see the driver's object store and MLflow server (they run in other directories/hosts).
+        # Workers get the driver's credentials for the object store and MLflow (MLFLOW_TRACKING_TOKEN, ...: kept out
+        # of the config, which MLflow logs as params); the tracking URI itself travels in cfg.tracking.
         # cpu_process_env: allocator settings for the CPU path's large tensors (ops/__init__.py), in place before
         # the worker process starts.
-        worker_runtime_env={"env_vars": {**ops.cpu_process_env(), **storage.aws_env(), **_mlflow_env(),
-                                         **(env_vars or {})}},
+        worker_runtime_env={"env_vars": {**ops.cpu_process_env(), **storage.aws_env(), **_mlflow_env()}},
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                         datasets={"train": ds}, run_config=run_config,
@@ -260,7 +264,10 @@ def progress_line(m: dict[str, Any]) -> str:
             f"mem {m['peak_mem_gb']:.2f} GB")
 
 
-from ray.train import UserCallback  # noqa: E402 - Ray Train V2's public callback base (Ray >= 2.56)
+try:
+    from ray.train.v2.api.callback import UserCallback
+except ImportError:  # Ray Train V1 (V2 is the default in the pinned Ray)
+    UserCallback = object  # type: ignore[misc,assignment]
 
 
 class ProgressPrinter(UserCallback):
@@ -287,9 +294,6 @@ class ProgressPrinter(UserCallback):
         if checkpoint is not None:
             line += f"  [checkpoint {checkpoint.path}]"
         self._emit(line)
-        if metrics[0].get("preempted"):
-            self._emit(f"preemption notice: checkpoint stored at {metrics[0]['kimg']:.3f} kimg; the run resumes from "
-                       "it on other nodes once this one goes")
         if not self.checked_gpus:
             # A CPU run on a cluster that declared no GPUs may still have made its autoscaler launch GPU nodes (the
             # only nodes with CPUs): say so, once, where the user reads the ticks.

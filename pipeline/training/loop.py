@@ -3,11 +3,6 @@
 `train_loop_per_worker` builds the networks, restores the latest checkpoint (automatic resume), streams its data
 shard through `pipeline.training.trainer.Trainer` (the step), reports metrics every tick and a full checkpoint every
 `snap` ticks. The driver side that starts it is `pipeline.training.launch`.
-
-Checkpoints upload in the background (the next step does not wait on storage). A spot preemption announced by a
-node drain (`ray.train.get_preemption_info`) makes the workers write a checkpoint at once, uploaded before they go
-on, and then stop: Ray Train restarts the run when the node goes (counted as a preemption, not a failure) and the
-resumed run continues from that step (docs/cluster.md "Spot instances").
 """
 
 from __future__ import annotations
@@ -28,28 +23,29 @@ from pipeline.data.reader import budget_text, corrupt_budget
 from pipeline.metrics.core import DEFAULT_CACHE_DIR
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import progress
-from pipeline.training.callbacks import TrainCallbacks, load_callbacks
-from pipeline.training.config import TrainConfig
+from pipeline.training.callbacks import CallbackList, TrainCallbacks
+from pipeline.training.config import ConfigError, TrainConfig
 from pipeline.training.loss import blur_sigma
 from pipeline.training.trainer import Trainer
 
-# Steps between two asks for a preemption notice: the ask is a barrier of all workers (~4 ms on CPU), and clouds
-# give 30 s (GCP) to 2 min (AWS) of notice, so every 4th step keeps its cost under ~1 % of a GPU step.
-PREEMPTION_CHECK_STEPS = 4
-
-
-def network_overrides(cfg: TrainConfig) -> dict[str, Any]:
-    """models.build keyword overrides for a resolved config (docs/algorithm.md "Official training options")."""
-    m = cfg.model
-    return dict(channel_base=m.cbase, channel_max=m.cmax, map_depth=m.map_depth, c_dim=m.c_dim,
-                img_channels=m.img_channels, z_dim=m.z_dim, w_dim=m.w_dim, mbstd_group_size=m.mbstd_group,
-                magnitude_ema_beta=models.magnitude_ema_beta_for_batch(cfg.schedule.batch), fp32=m.fp32, freeze_layers=m.freezed)
-
 
 def build_networks(cfg: TrainConfig):
-    """(G, D) for a resolved config, freshly initialised (seeded by cfg.run.seed)."""
+    """(G, D) of a resolved config's network section, freshly initialised (seeded by cfg.run.seed)."""
+    if cfg.network is None:
+        raise ConfigError("the config has no network section: build networks from TrainConfig.resolved()")
     torch.manual_seed(cfg.run.seed)
-    return models.build(cfg.model.preset, cfg.model.resolution, **network_overrides(cfg))
+    return models.build_from_config(cfg.network)
+
+
+def rank0_callbacks(cfg: TrainConfig, factories=()) -> TrainCallbacks:
+    """The rank-0 worker's callbacks: the tracking hook that cfg.tracking describes, then one per factory."""
+    callbacks = [factory(cfg) for factory in factories]
+    if cfg.tracking.enabled:
+        # Imported here: MLflow takes seconds to import, and only the rank-0 worker of a tracked run needs it.
+        from pipeline.tracking import make_callbacks
+
+        callbacks.insert(0, make_callbacks(cfg))
+    return CallbackList(callbacks)
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -98,7 +94,8 @@ def _publish_progress(history, directory: str, run_dir: str | None) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker. loop_config: {"config": TrainConfig.to_dict() (resolved), ...};
-    "step_hooks": callables `hook(trainer)` run on every worker after each step (see `build_trainer`)."""
+    "step_hooks": callables `hook(trainer)` run on every worker after each step; "train_callbacks": factories of
+    extra rank-0 callbacks (see `launch.build_trainer`)."""
     import ray.train
     import ray.train.torch
 
@@ -123,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ckpt_io.load_weights(trainer, cfg.run.resume)
     trainer.extra["dataset_manifest_sha256"] = loop_config.get("manifest_sha256")
     step_hooks = tuple(loop_config.get("step_hooks") or ())
-    callbacks: TrainCallbacks = load_callbacks(cfg.run.callbacks, cfg) if rank == 0 else TrainCallbacks()
+    callbacks = rank0_callbacks(cfg, loop_config.get("train_callbacks") or ()) if rank == 0 else TrainCallbacks()
     callbacks.on_start(trainer, resumed=checkpoint is not None)
     # Quality over time (pipeline.training.progress): rank 0 keeps the curve (in every checkpoint), measures G_ema
     # at every snapshot unless --quality 0, and draws progress.png beside the checkpoints.
@@ -157,18 +154,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     s = cfg.schedule
     total_nimg = int(s.kimg * 1000)
     tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
-    done = preempted = trainer.cur_nimg >= total_nimg
-    while not (done or preempted):
+    done = trainer.cur_nimg >= total_nimg
+    while not done:
         batch = next(batches)
         trainer.step(batch["img"], batch["c"])
         for hook in step_hooks:
             hook(trainer)
         trainer.data_pass = trainer.cur_nimg // pass_images
         done = trainer.cur_nimg >= total_nimg
-        # batch_idx is the same on every worker, so they all reach this barrier together.
-        if not done and trainer.batch_idx % PREEMPTION_CHECK_STEPS == 0:
-            preempted = ray.train.get_preemption_info() is not None
-        if not (done or preempted) and trainer.cur_nimg < tick_start_nimg + s.tick * 1000:
+        if not done and trainer.cur_nimg < tick_start_nimg + s.tick * 1000:
             continue
         # End of tick (docs/algorithm.md "Official training options": --tick kimg): report metrics; every `snap` ticks also a checkpoint.
         trainer.cur_tick += 1
@@ -183,10 +177,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "peak_mem_gb": _peak_memory_gb(device),
             # distinct corrupt samples of the run so far (each counted once however many passes read it)
             "corrupt_skipped": int(ray.get(counter.count.remote())) if counter is not None else 0,
-            "done": done, "preempted": preempted,
+            "done": done,
         })
-        snapshot = done or preempted or (s.snap > 0 and trainer.cur_tick % s.snap == 0)
-        if snapshot and probe is not None and not preempted:
+        snapshot = done or (s.snap > 0 and trainer.cur_tick % s.snap == 0)
+        if snapshot and probe is not None:
             start = time.time()
             metrics[progress.QUALITY_KEY] = probe.measure(trainer.G_ema)
             metrics["quality/seconds"] = time.time() - start  # what the measurement cost this snapshot
@@ -196,30 +190,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             callbacks.on_tick(trainer, metrics)
         if snapshot:
             trainer.consolidate()
-            checkpoint = None
-            if rank == 0:
-                d = ckpt_io.staging_dir()  # Ray Train deletes it once uploaded
-                corrupt = ray.get(counter.report.remote()) if counter is not None else []
-                trainer.extra["corrupt_samples"] = corrupt
-                ckpt_io.save(trainer, d)
-                _publish_progress(history, d, loop_config.get("run_dir"))
-                ckpt_io.write_corrupt(d, corrupt)
-                if not preempted:  # the notice leaves no time for metrics or registry uploads
+            with ckpt_io.staging_dir() as d:
+                if rank == 0:
+                    corrupt = ray.get(counter.report.remote()) if counter is not None else []
+                    trainer.extra["corrupt_samples"] = corrupt
+                    ckpt_io.save(trainer, d)
+                    _publish_progress(history, d, loop_config.get("run_dir"))
+                    ckpt_io.write_corrupt(d, corrupt)
                     metrics.update(callbacks.on_snapshot(trainer, d, metrics) or {})
-                ckpt_io.write_meta(d, metrics)
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            # Regular snapshots upload in the background; the preemption checkpoint must be stored before the node
-            # goes, and the last one before the run ends (Ray waits for background uploads at the end anyway).
-            mode = ray.train.CheckpointUploadMode.SYNC if preempted or done else ray.train.CheckpointUploadMode.ASYNC
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=ckpt_io.dir_name(trainer.cur_nimg),
-                             checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+                    ckpt_io.write_meta(d, metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None,
+                                 checkpoint_dir_name=ckpt_io.dir_name(trainer.cur_nimg))
         else:
             ray.train.report(metrics)
         tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
-    if preempted:
-        # The checkpoint is stored (the driver prints "preemption notice: ..."): wait for Ray Train to stop this
-        # worker group when the node goes (or at the notice's deadline) and to resume the run elsewhere. Training on
-        # would only add steps the resumed run repeats.
-        while True:
-            time.sleep(1)
     callbacks.on_end(trainer)

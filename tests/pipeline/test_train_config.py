@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from pipeline.train import DEMO_ARGS, config_from_args, main, make_parser
+from pipeline.train import main, make_parser
+from pipeline.training.embedded import DEMO_ARGS
+from pipeline.training.flags import config_from_args
 from pipeline.training.config import ConfigError, TrainConfig
 
 FLAGS = ["--aug", "--batch", "--batch-per-worker", "--cbase", "--cfg", "--cmax", "--cond", "--cpus-per-worker",
@@ -66,7 +68,8 @@ def test_missing_data_is_refused_before_cluster_work(tmp_path, capsys):
 
 
 def test_no_data_or_demo_data_means_the_bundled_set_under_the_users_flags():
-    from pipeline.train import DEMO_DATA, DEMO_RUN_NAME, demo_argv, demo_run_name
+    from pipeline.data.demo import DEMO_DATA
+    from pipeline.training.embedded import DEMO_RUN_NAME, demo_argv, demo_run_name
 
     assert DEMO_DATA == "demo:emoji-faces" and demo_run_name(DEMO_DATA) == DEMO_RUN_NAME
     # Schedule-only flags: the embedded default's run, continued to another --kimg.
@@ -111,6 +114,8 @@ def test_configs_stored_by_earlier_versions_are_read_and_keep_their_run_name():
     cfg = TrainConfig.from_dict(OLD_CONFIG)
     assert cfg.model.preset == "stylegan3-r" and cfg.schedule.forward_batch == 4 and cfg.forward_batch == 4
     assert cfg.run.seed == 3 and cfg.loss.gamma == 0.0078125
+    assert cfg.tracking.enabled and cfg.tracking.experiment == "faces" and cfg.tracking.model_name == "faces-r"
+    assert not TrainConfig.from_dict({**OLD_CONFIG, "run": {**OLD_CONFIG["run"], "callbacks": None}}).tracking.enabled
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     # The derived run name (automatic resume) of the same settings is the one e9ee425 derived.
     info = SimpleNamespace(manifest_sha256="ab" * 32)

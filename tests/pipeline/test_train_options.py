@@ -14,7 +14,8 @@ import PIL.Image
 import pytest
 import torch
 
-from pipeline.train import config_from_args, gamma_note, make_parser
+from pipeline.train import make_parser
+from pipeline.training.flags import config_from_args, gamma_note
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import build_networks
 from pipeline.training.trainer import Trainer

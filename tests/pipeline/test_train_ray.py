@@ -44,8 +44,7 @@ def tiny_config(data_uri: str, storage_uri: str, run_name: str, **sections) -> T
         aug={"mode": "ada", "ada_kimg": 0.1, "interval": 1},
         schedule={"batch": 8, "kimg": 0.016, "tick": 0.008, "snap": 1, "keep": 2},
         data={"uri": data_uri},
-        run={"workers": 2, "storage": storage_uri, "run_name": run_name, "max_failures": 0,
-             "callbacks": "tests.pipeline.train_record:make"},
+        run={"workers": 2, "storage": storage_uri, "run_name": run_name, "max_failures": 0},
     )
     return base.replace(**sections)
 
@@ -59,11 +58,11 @@ def _close(a: dict, b: dict) -> None:
 
 def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_shards, s3_bucket, tmp_path):
     record = tmp_path / "record.jsonl"
-    env = {"STYLEGAN3_TEST_RECORD": str(record)}
+    recorder = train_record.Recorder.factory(record)
     cfg, info = prepare(tiny_config(damaged_shards, f"{s3_bucket}/runs", "two-workers", schedule={"kimg": 0.008}))
     assert cfg.worker_batch == 4 and cfg.model.resolution == 16
 
-    result = fit(cfg, info, env_vars=env, progress=False)
+    result = fit(cfg, info, train_callbacks=[recorder], progress=False)
     assert result.error is None
     m = result.metrics
     assert m["kimg"] == pytest.approx(0.008) and m["tick"] == 1 and m["done"] is True
@@ -101,7 +100,7 @@ def test_two_workers_s3_checkpoints_then_automatic_resume(ray_local, damaged_sha
     # Same run name and storage, longer schedule: starts from the checkpoint, then goes on.
     cfg2, info2 = prepare(tiny_config(damaged_shards, f"{s3_bucket}/runs", "two-workers",
                                       schedule={"kimg": 0.016, "keep": 1}))
-    result2 = fit(cfg2, info2, env_vars=env, progress=False)
+    result2 = fit(cfg2, info2, train_callbacks=[recorder], progress=False)
     assert result2.error is None
     starts = [r for r in train_record.read(record) if r["event"] == "start"]
     assert [s["resumed"] for s in starts] == [False, True]
@@ -123,8 +122,8 @@ def test_worker_killed_mid_run_is_restarted_from_last_checkpoint(ray_local, tiny
     cfg, info = prepare(tiny_config(tiny_shards, str(tmp_path / "runs"), "fault", run={"max_failures": 1},
                                     schedule={"kimg": 0.024}))
     # Rank 1 exits abruptly after the second step (one step after the first checkpoint, at 8 images), once.
-    env = {"STYLEGAN3_TEST_RECORD": str(record)}
-    result = fit(cfg, info, env_vars=env, progress=False, step_hooks=[ExitOnce(rank=1, nimg=16, marker=str(marker))])
+    result = fit(cfg, info, train_callbacks=[train_record.Recorder.factory(record)], progress=False,
+                 step_hooks=[ExitOnce(rank=1, nimg=16, marker=str(marker))])
     assert marker.exists(), "the fault was not injected"
     assert result.error is None
     assert result.metrics["kimg"] == pytest.approx(0.024)

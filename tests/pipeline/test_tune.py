@@ -14,34 +14,36 @@ import numpy as np
 import pytest
 
 from pipeline import tune as T
+from pipeline.tuning import space as S
+from pipeline.tuning.results import PLOT_PNG, RESULTS_CSV, RESULTS_TXT
 from pipeline.training.config import ConfigError
 
 # -- search-space strings and defaults (no Ray) ---------------------------------------------------------
 
 def test_space_strings_parse_and_bad_ones_name_the_flag():
-    assert T.parse_space("loguniform:0.25:16") == T.Space("loguniform", (0.25, 16.0))
-    assert T.parse_space("uniform:1e-3:2e-3") == T.Space("uniform", (0.001, 0.002))
-    assert T.parse_space("choice:0.5, 2,8") == T.Space("choice", (0.5, 2.0, 8.0))
-    assert T.parse_space("3.3") == T.Space("fixed", (3.3,))
-    assert str(T.parse_space("choice:0.5,2")) == "choice:0.5,2"
+    assert S.parse_space("loguniform:0.25:16") == S.Space("loguniform", (0.25, 16.0))
+    assert S.parse_space("uniform:1e-3:2e-3") == S.Space("uniform", (0.001, 0.002))
+    assert S.parse_space("choice:0.5, 2,8") == S.Space("choice", (0.5, 2.0, 8.0))
+    assert S.parse_space("3.3") == S.Space("fixed", (3.3,))
+    assert str(S.parse_space("choice:0.5,2")) == "choice:0.5,2"
     for text, words in [("loguniform:1", "two bounds"), ("loguniform:4:1", "below the upper"),
                         ("uniform:a:2", "'a' is not a number"), ("normal:0:1", "unknown kind 'normal'"),
                         ("choice:", "at least one"), ("-2", "positive"), ("loguniform:0:1", "positive"),
                         ("two", "not a number")]:
-        with pytest.raises(T.SpaceError, match="--gamma") as e:
-            T.parse_space(text, "--gamma")
+        with pytest.raises(S.SpaceError, match="--gamma") as e:
+            S.parse_space(text, "--gamma")
         assert words in str(e.value), (text, str(e.value))
 
 
 def test_default_spaces_follow_the_resolution_rule():
     for res, centre in [(128, 0.5), (256, 2.0), (512, 8.0), (16, 2 * (16 / 256) ** 2)]:
-        g = T.default_spaces(res, "stylegan3-t")["gamma"]
+        g = S.default_spaces(res, "stylegan3-t")["gamma"]
         assert g.kind == "loguniform"
         assert g.values == pytest.approx((centre / 8, centre * 8))
-    lr = T.default_spaces(256, "stylegan3-r")
+    lr = S.default_spaces(256, "stylegan3-r")
     assert math.sqrt(lr["glr"].values[0] * lr["glr"].values[1]) == pytest.approx(0.0025)
     assert math.sqrt(lr["dlr"].values[0] * lr["dlr"].values[1]) == pytest.approx(0.002)
-    assert T.metric_mode("swd") == "min" and T.metric_mode("eqt") == "max"
+    assert S.metric_mode("swd") == "min" and S.metric_mode("eqt") == "max"
 
 
 # Each trial starts its own Train controller, worker and data stream: on an idle 2-core machine a 4-trial sweep
@@ -108,12 +110,12 @@ def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ra
     assert "trial" in out and "gamma" in out and "state" in out  # the printed results table
 
     root = tmp_path / "sweeps" / name
-    rows = _rows(root / T.RESULTS_CSV)
+    rows = _rows(root / RESULTS_CSV)
     assert len(rows) == 4
     assert len({r["gamma"] for r in rows}) == 4  # four different gammas were sampled
     assert all(0.01 <= float(r["gamma"]) <= 10 for r in rows)
     assert all(r["swd"] and math.isfinite(float(r["swd"])) for r in rows)
-    assert (root / T.PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / PLOT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stopped = [r for r in rows if r["state"] == "stopped early"]
     assert all(float(r["kimg"]) == pytest.approx(0.004) and "ASHA" in r["reason"] for r in stopped)
     assert all(r["state"] in ("stopped early", "completed") for r in rows), rows
@@ -144,7 +146,7 @@ def test_asha_sweep_stops_trials_early_logs_child_runs_and_registers_champion(ra
     expected = _asha_decisions(rung, 4)
     assert [r["state"] == "stopped early" for r in sorted(rows, key=lambda r: r["trial"])] == expected, (rung, rows)
     artifacts = {a.path for a in mlflow_db.list_artifacts(parent.info.run_id)}
-    assert {T.RESULTS_CSV, T.RESULTS_TXT, T.PLOT_PNG} <= artifacts
+    assert {RESULTS_CSV, RESULTS_TXT, PLOT_PNG} <= artifacts
     assert parent.data.params["space.gamma"] == "loguniform:0.01:10"
 
     # Champion: the best trial's (lowest SWD) generator, registered under its child run.
@@ -186,13 +188,13 @@ def test_interrupted_sweep_continues_with_the_same_name(ray_local, shards, tmp_p
     assert T.main(argv, callbacks=[_interrupt_after_first_trial(tmp_path / "interrupted")]) == 3
     assert "run the same command again to continue" in capsys.readouterr().out
     root = tmp_path / "sweeps" / name
-    first = _rows(root / T.RESULTS_CSV)
+    first = _rows(root / RESULTS_CSV)
     done_first = [r for r in first if r["state"] == "completed"]
     assert len(done_first) == 1
     ckpts_before = sorted(p.name for p in (root / "trials" / done_first[0]["trial"]).glob("checkpoint_*"))
 
     assert T.main(argv) == 0
-    rows = _rows(root / T.RESULTS_CSV)
+    rows = _rows(root / RESULTS_CSV)
     assert len(rows) == 2 and all(r["state"] == "completed" for r in rows)
     assert done_first[0]["trial"] in {r["trial"] for r in rows}  # same experiment, same trial ids
     # The finished trial was not trained again.

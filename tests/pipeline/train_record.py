@@ -1,10 +1,11 @@
 """A training callbacks object for the Ray tests: records what the rank-0 worker holds at the start of a
-run (after any restore) to a JSON-lines file named by $STYLEGAN3_TEST_RECORD."""
+run (after any restore), at snapshots and at the end to a JSON-lines file
+(`launch.fit(..., train_callbacks=[Recorder.factory(path)])`)."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 
 import torch
 
@@ -27,8 +28,13 @@ def state_summary(trainer) -> dict:
 
 
 class Recorder(TrainCallbacks):
-    def __init__(self, cfg):
-        self.path = os.environ["STYLEGAN3_TEST_RECORD"]
+    def __init__(self, path, cfg=None):
+        self.path = str(path)
+
+    @classmethod
+    def factory(cls, path):
+        """A picklable factory(cfg) -> Recorder writing to `path` (travels to the rank-0 worker)."""
+        return functools.partial(cls, str(path))
 
     def _write(self, event: str, trainer, **more) -> None:
         with open(self.path, "a") as f:
@@ -43,10 +49,6 @@ class Recorder(TrainCallbacks):
 
     def on_end(self, trainer) -> None:
         self._write("end", trainer)
-
-
-def make(cfg) -> Recorder:
-    return Recorder(cfg)
 
 
 def read(path) -> list[dict]:
