@@ -11,11 +11,8 @@ Exit status: 0 done, 2 bad input or destination (one line on stderr says why), 1
 from __future__ import annotations
 
 import argparse
-import io
-import math
 import os
 import sys
-import tarfile
 
 from pipeline.data.errors import DataError
 
@@ -38,54 +35,13 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from pipeline.data.manifest import dataset_info, read_manifest
+    from pipeline.data.manifest import dataset_info
+    from pipeline.data.preview import describe, save_grid
 
-    doc = read_manifest(args.uri)
-    info = dataset_info(args.uri)
-    lab = doc["labels"]
-    labels = "none" if lab["kind"] == "none" else f"{lab['kind']}, c_dim {lab['dim']} (from {lab['source']})"
-    if lab.get("names"):
-        shown = ", ".join(lab["names"][:10]) + (", ..." if len(lab["names"]) > 10 else "")
-        labels += f": {shown}"
-    total_bytes = sum(s["bytes"] for s in doc["shards"])
-    print(f"uri:        {args.uri}")
-    print(f"images:     {doc['num_images']} ({doc['num_skipped']} skipped at build time)")
-    print(f"resolution: {doc['resolution']}x{doc['resolution']}, {doc['channels']} channels")
-    print(f"labels:     {labels}")
-    print(f"shards:     {len(doc['shards'])} ({total_bytes / 2**20:.1f} MiB), "
-          f"{min(s['count'] for s in doc['shards'])}-{max(s['count'] for s in doc['shards'])} images each")
-    b = doc["build"]
-    print(f"built from: {b['source']} (transform {b['transform']}, labels {b['labels']}) on {doc['created']} "
-          f"by stylegan3-ray {doc['package_version']}")
-    print(f"manifest sha256: {info.manifest_sha256}")
+    print("\n".join(describe(args.uri)))
     if args.grid:
-        n = _save_grid(info, args.grid, args.grid_images)
+        n = save_grid(dataset_info(args.uri), args.grid, args.grid_images)
         print(f"grid of the first {n} images: {args.grid}")
-
-
-def _save_grid(info, out_path: str, count: int) -> int:
-    """Save the first `count` images of the set as a near-square grid PNG; returns how many it holds."""
-    import numpy as np
-
-    from pipeline import storage
-    from pipeline.data.image_codec import decode_png_into
-    from pipeline.pixels import save_png, tile
-
-    res, ch = info.resolution, info.channels
-    images = []
-    for uri in info.shard_uris():
-        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri))) as tar:
-            for member in tar:
-                if member.name.endswith(".png"):
-                    arr = np.empty((res, res, ch), dtype=np.uint8)
-                    decode_png_into(tar.extractfile(member).read(), arr)
-                    images.append(arr)
-                    if len(images) == count:
-                        break
-        if len(images) == count:
-            break
-    save_png(tile(np.stack(images).transpose(0, 3, 1, 2), cols=math.ceil(math.sqrt(len(images)))), out_path)
-    return len(images)
 
 
 def make_parser() -> argparse.ArgumentParser:

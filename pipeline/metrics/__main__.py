@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
-
-_DESCRIPTIONS = {
-    "eqt": ("dB", "higher", "EQ-T, integer translation"),
-    "eqt_frac": ("dB", "higher", "EQ-T, sub-pixel translation"),
-    "eqr": ("dB", "higher", "EQ-R, rotation"),
-    "swd": ("x1e3", "lower", "sliced Wasserstein, mean of levels"),
-    "fid": ("", "lower", "Frechet Inception distance"),
-    "kid": ("", "lower", "kernel Inception distance"),
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.metrics.core import DEFAULT_CACHE_DIR
@@ -63,20 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_table(results: dict, seconds: float) -> str:
-    rows = [("metric", "value", "unit", "better", "meaning")]
-    for name, value in results.items():
-        unit, better, meaning = _DESCRIPTIONS.get(name, ("x1e3", "lower", f"SWD at {name[4:]} px") if
-                                                  name.startswith("swd_") else ("", "", ""))
-        text = "skipped" if value is None else ("inf" if math.isinf(value) else f"{value:.4f}")
-        rows.append((name, text, unit, better, meaning))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"({seconds:.1f} s)")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -85,6 +60,7 @@ def main(argv=None) -> int:
     from pipeline import storage
     from pipeline.data import DataError
     from pipeline.metrics import compute_metrics, parse_metric_names
+    from pipeline.metrics.table import format_table
     from pipeline.model_sources import SourceError, load_generator
     from pipeline.training.devices import local_device
 
