@@ -38,8 +38,8 @@ def tiny_G():
 def _cfg(name: str, metrics=()) -> TrainConfig:
     return TrainConfig().replace(model={"preset": "stylegan3-t", "resolution": RES, "cbase": 256, "cmax": 16},
                                  data={"uri": "/data/faces"}, schedule={"batch": 4, "kimg": 1},
-                                 run={"run_name": name, "model_name": name, "metrics": tuple(metrics),
-                                      "experiment": f"exp-{name}"})
+                                 run={"run_name": name, "metrics": tuple(metrics)},
+                                 tracking={"enabled": True, "model_name": name, "experiment": f"exp-{name}"})
 
 
 def _snapshot_dir(tmp: Path, G, D, nimg: int) -> Path:
