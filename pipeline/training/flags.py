@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.data.demo import DEMO_DATA, DEMO_RESOLUTION
-from pipeline.training.config import (AUG_MODES, PRESETS, AugConfig, DataConfig, LossConfig, ModelConfig,
-                                      OptimConfig, RunOptions, ScheduleConfig, TrackingConfig,
-                                      TrainConfig)
+from pipeline.training.config import AUG_MODES, PRESETS, TrainConfig
 
 
 def parse_bool(text: str) -> bool:
@@ -104,23 +102,33 @@ def add_train_flags(p: argparse.ArgumentParser, skip=frozenset()) -> argparse.Ar
     return p
 
 
+# Where each flag lands in the TrainConfig (the flag's argparse dest is its name without the dashes, "-" -> "_"):
+# the one place that links the command line to the config. Flags missing here are the commands' own.
+FLAG_FIELDS = {
+    "--cfg": "model.preset", "--cbase": "model.cbase", "--cmax": "model.cmax", "--map-depth": "model.map_depth",
+    "--mbstd-group": "model.mbstd_group", "--fp32": "model.fp32", "--freezed": "model.freezed",
+    "--data": "data.uri", "--mirror": "data.mirror", "--cond": "data.cond",
+    "--batch": "schedule.batch", "--batch-per-worker": "schedule.forward_batch", "--gamma": "loss.gamma",
+    "--glr": "optim.glr", "--dlr": "optim.dlr", "--aug": "aug.mode", "--target": "aug.target", "--p": "aug.p",
+    "--kimg": "schedule.kimg", "--tick": "schedule.tick", "--snap": "schedule.snap", "--keep": "schedule.keep",
+    "--workers": "run.workers", "--cpus-per-worker": "run.cpus_per_worker", "--use-gpu": "run.use_gpu",
+    "--storage": "run.storage", "--run-name": "run.run_name", "--resume": "run.resume", "--seed": "run.seed",
+    "--max-failures": "run.max_failures", "--max-corrupt": "run.max_corrupt", "--metrics": "run.metrics",
+    "--quality": "run.quality", "--experiment": "tracking.experiment", "--model-name": "tracking.model_name",
+    "--tracking": "tracking.enabled",
+}
+# Flags whose text becomes another type in the config.
+_CONVERT = {"--metrics": lambda text: tuple(m for m in text.split(",") if m)}
+
+
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    """The (unresolved) TrainConfig described by parsed flags."""
-    return TrainConfig(
-        model=ModelConfig(preset=a.cfg, cbase=a.cbase, cmax=a.cmax, map_depth=a.map_depth, mbstd_group=a.mbstd_group,
-                          fp32=a.fp32, freezed=a.freezed),
-        optim=OptimConfig(glr=a.glr, dlr=a.dlr),
-        loss=LossConfig(gamma=a.gamma),
-        aug=AugConfig(mode=a.aug, target=a.target, p=a.p),
-        schedule=ScheduleConfig(batch=a.batch, forward_batch=a.batch_per_worker, kimg=a.kimg, tick=a.tick,
-                                snap=a.snap, keep=a.keep),
-        data=DataConfig(uri=a.data, mirror=a.mirror, cond=a.cond),
-        run=RunOptions(workers=a.workers, cpus_per_worker=a.cpus_per_worker, use_gpu=a.use_gpu, storage=a.storage,
-                      run_name=a.run_name, resume=a.resume, seed=a.seed, max_failures=a.max_failures,
-                      max_corrupt=a.max_corrupt,
-                      metrics=tuple(m for m in a.metrics.split(",") if m), quality=a.quality),
-        tracking=TrackingConfig(enabled=a.tracking, experiment=a.experiment, model_name=a.model_name),
-    )
+    """The (unresolved) TrainConfig described by parsed flags (FLAG_FIELDS)."""
+    sections: dict[str, dict] = {}
+    for flag, path in FLAG_FIELDS.items():
+        value = getattr(a, flag[2:].replace("-", "_"))
+        section, key = path.split(".")
+        sections.setdefault(section, {})[key] = _CONVERT[flag](value) if flag in _CONVERT else value
+    return TrainConfig().replace(**sections)
 
 
 def gamma_note(given: float | None) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.train import main, make_parser
 from pipeline.training.embedded import DEMO_ARGS
-from pipeline.training.flags import config_from_args
+from pipeline.training.flags import FLAG_FIELDS, config_from_args
 from pipeline.training.config import ConfigError, TrainConfig
 
 FLAGS = ["--aug", "--batch", "--batch-per-worker", "--cbase", "--cfg", "--cmax", "--cond", "--cpus-per-worker",
@@ -24,6 +24,10 @@ def test_flag_list_is_frozen_and_every_flag_is_explained():
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert sorted(a.option_strings[0] for a in actions) == FLAGS
     assert all(a.help and len(a.help) > 10 for a in actions)
+    # Every flag sets one field of the config, and that field exists.
+    assert sorted(FLAG_FIELDS) == FLAGS
+    d = TrainConfig()
+    assert all(hasattr(getattr(d, path.split(".")[0]), path.split(".")[1]) for path in FLAG_FIELDS.values())
 
 
 def test_resolved_values_follow_the_official_train_py():
