@@ -129,6 +129,8 @@ def cmd_show(args) -> int:
         if metrics:
             print(f"    metrics: {metrics}")
         print(f"    uri: models:/{name}/{v.version}")
+        if (v.source or "").startswith("models:/m-"):  # MLflow 3: the LoggedModel this version registers
+            print(f"    logged model: {v.source[len('models:/'):]}")
     return 0
 
 

@@ -5,9 +5,13 @@
 - Params: the whole resolved TrainConfig, flattened (`model.cbase`, `loss.gamma`, …), never credentials.
 - Metrics every tick, with `step` = images shown to D (cur_nimg; kimg = step / 1000, also logged as `kimg`,
   since sub-kimg ticks of small runs would otherwise collapse onto one step).
-- At every snapshot: the fakes grid, progress.png, the config and the list of corrupt samples found so far as artifacts,
-  and the EMA generator registered as a new version of NAME (pyfunc wrapper of our network file, see pipeline.pyfunc); the `champion` alias follows
-  the best quality metric (lower is better). `latest` is MLflow's own `models:/NAME/latest`, and our tools
+- The shard set as the run's dataset input (name, URI, digest = the manifest's sha256, image count), and system
+  metrics (`system/...`: CPU, memory, disk, network, GPU with nvidia-ml-py) sampled by MLflow's monitor.
+- At every snapshot: the fakes grid as an MLflow image (key `fakes`, step = images shown) and as a plain artifact,
+  progress.png, the config and the list of corrupt samples found so far, and the EMA generator as an MLflow 3
+  LoggedModel of the run (pyfunc wrapper of our network file, see pipeline.pyfunc) linked to the snapshot's step and
+  metrics, registered as a new version of NAME; the `champion` alias follows the best quality metric (lower is
+  better). `latest` is MLflow's own `models:/NAME/latest`, and our tools
   also accept `models:/NAME@latest` for it (MLflow reserves `latest` as an alias name).
 - Tracking never kills training: every call goes through a background queue that retries with backoff
   while the server is unreachable and catches up, in order, when it returns.
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import storage
+from pipeline.data.errors import DataError
+from pipeline.data.manifest import DatasetInfo, dataset_info
 from pipeline.metrics.core import DATA_METRICS, LOWER_IS_BETTER, RealImages, compute_metrics
 from pipeline.mlflow_store import tracking_uri  # public here too: pipeline.tracking.tracking_uri
 from pipeline.training import checkpoint
@@ -38,6 +44,8 @@ from pipeline.training.progress import PROGRESS_FILE, QUALITY_KEY
 log = logging.getLogger("stylegan3.tracking")
 
 CHAMPION_ALIAS = "champion"
+FAKES_KEY = "fakes"  # the MLflow image key of the fakes grids
+DIGEST_CHARS = 32  # of the manifest's sha256 in the dataset input's digest (MLflow keeps at most 36 characters)
 # Quality metrics that pick the champion, in order of preference; the last is the default quality curve's
 # (pipeline.training.progress, every run unless --quality 0).
 CHAMPION_METRICS = (*LOWER_IS_BETTER, QUALITY_KEY)
@@ -188,6 +196,8 @@ def _is_client_error(exc: Exception) -> bool:
 class MlflowCallbacks(TrainCallbacks):
     """The training loop's tracking hook (pipeline.training.callbacks): runs, metrics, artifacts, registry."""
 
+    _sysmon = None  # MLflow's system metrics monitor while the run is open (system_metrics_on())
+
     def __init__(self, cfg):
         """cfg: the resolved TrainConfig; its `tracking` section says where and how to log (TrackingConfig)."""
         # Our queue does the retrying; MLflow's own HTTP retries would hide an outage for minutes. MLflow's HTTP
@@ -217,6 +227,7 @@ class MlflowCallbacks(TrainCallbacks):
         if run_id:
             self.run_id = run_id
             self.queue.submit("reopening the run", lambda: self.client.update_run(run_id, status="RUNNING"))
+            self.queue.submit("starting system metrics", lambda: self._start_system_metrics(resumed=True))
             log.info("MLflow: continuing run %s", run_id)
         else:
             self.queue.submit("creating the run", lambda: self._create_run(trainer))
@@ -232,24 +243,28 @@ class MlflowCallbacks(TrainCallbacks):
         self._record_run_id(trainer)
         quality = self._compute_metrics(trainer, directory)
         all_metrics = {**metrics, **quality}
-        if quality:
-            self._log_metrics(quality, int(trainer.cur_nimg))
         snap = self._staging / f"snap-{int(trainer.cur_nimg):012d}"
         snap.mkdir(parents=True, exist_ok=True)
         for name in (checkpoint.GRID_FILE, checkpoint.NETWORK_FILE, checkpoint.CORRUPT_FILE, PROGRESS_FILE):
             if (Path(directory) / name).exists():
                 shutil.copy2(Path(directory) / name, snap / name)
         (snap / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        kimg = trainer.cur_nimg / 1000
-        self.queue.submit(f"snapshot artifacts at {kimg:g} kimg", lambda: self._log_snapshot(snap, kimg))
+        kimg, nimg = trainer.cur_nimg / 1000, int(trainer.cur_nimg)
+        self.queue.submit(f"snapshot artifacts at {kimg:g} kimg", lambda: self._log_snapshot(snap, kimg, nimg))
+        # The model's metrics: this snapshot's quality metrics (the tick already logged the others). Those computed
+        # here are logged once, with the model's id; the quality curve's value (logged by the tick) once more with it.
+        linked = set(quality) | {k for k in CHAMPION_METRICS if k in all_metrics}
         if (snap / checkpoint.NETWORK_FILE).exists() and self.settings.register:
             self.queue.submit(f"registering the generator at {kimg:g} kimg",
-                              lambda: self._register(snap, kimg, all_metrics, trainer.extra))
+                              lambda: self._register(snap, kimg, nimg, all_metrics, linked, trainer.extra))
         else:
+            if quality:
+                self._log_metrics(quality, nimg)
             self.queue.submit("removing the staged snapshot", lambda: shutil.rmtree(snap, ignore_errors=True))
         return quality or None
 
     def on_end(self, trainer) -> None:
+        self.queue.submit("stopping system metrics", self._stop_system_metrics)
         self.queue.submit("closing the run", lambda: self.client.set_terminated(self.run_id, "FINISHED"))
         done = self.queue.close(timeout=float(os.environ.get("SG3_TRACKING_FLUSH_S", "300")))
         self._record_run_id(trainer)
@@ -318,6 +333,32 @@ class MlflowCallbacks(TrainCallbacks):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         self.run_id = run.info.run_id
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
+        self._log_dataset()
+        self._start_system_metrics(resumed=False)
+
+    def _log_dataset(self) -> None:
+        """The shard set as the run's dataset input; a set whose manifest cannot be read is left out (warning)."""
+        uri = self.cfg.data.uri
+        try:
+            info = dataset_info(uri)
+        except (DataError, OSError, KeyError, ValueError) as exc:
+            log.warning("MLflow: the dataset input is not logged: cannot read the manifest of %s (%s)", uri, exc)
+            return
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(info)])
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        if not system_metrics_on():
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._stop_system_metrics()
+        self._sysmon = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=self.uri)
+        self._sysmon.start()
+
+    def _stop_system_metrics(self) -> None:
+        if self._sysmon is not None:
+            self._sysmon.finish()  # one last sample's worth, flushed; never raises
+            self._sysmon = None
 
     def _log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -328,8 +369,13 @@ class MlflowCallbacks(TrainCallbacks):
         if batch:
             self.queue.submit(f"metrics at step {step}", lambda: self.client.log_batch(self.run_id, metrics=batch))
 
-    def _log_snapshot(self, snap: Path, kimg: float) -> None:
+    def _log_snapshot(self, snap: Path, kimg: float, nimg: int) -> None:
         if (snap / checkpoint.GRID_FILE).exists():
+            # The UI's image view, by step (= images shown, the metrics' step); the plain file stays browsable.
+            from PIL import Image
+
+            with Image.open(snap / checkpoint.GRID_FILE) as grid:
+                self.client.log_image(self.run_id, grid.copy(), key=FAKES_KEY, step=nimg)
             self.client.log_artifact(self.run_id, str(snap / checkpoint.GRID_FILE), f"grids/{kimg:09.3f}kimg")
         self.client.log_artifact(self.run_id, str(snap / "config.json"))
         if (snap / PROGRESS_FILE).exists():  # quality and losses vs kimg with the latest grid (replaced)
@@ -337,10 +383,13 @@ class MlflowCallbacks(TrainCallbacks):
         if (snap / checkpoint.CORRUPT_FILE).exists():  # the run's distinct corrupt samples so far (replaced)
             self.client.log_artifact(self.run_id, str(snap / checkpoint.CORRUPT_FILE))
 
-    def _register(self, snap: Path, kimg: float, metrics: dict[str, Any], extra: dict) -> None:
+    def _register(self, snap: Path, kimg: float, nimg: int, metrics: dict[str, Any], linked: set[str],
+                  extra: dict) -> None:
+        sha = extra.get("dataset_manifest_sha256")
         version = register_generator(self.client, self.run_id, snap / checkpoint.NETWORK_FILE, self.model_name,
-                                     kimg=kimg, metrics=metrics,
-                                     manifest_sha256=extra.get("dataset_manifest_sha256"))
+                                     kimg=kimg, metrics=metrics, linked=linked,
+                                     manifest_sha256=sha, step=nimg, uri=self.uri,
+                                     dataset=(dataset_name(self.cfg.data.uri), sha[:DIGEST_CHARS]) if sha else None)
         quality = next(((m, float(metrics[m])) for m in CHAMPION_METRICS if m in metrics), None)
         if quality and (self.best is None or (quality[0] == self.best[0] and quality[1] < self.best[1])):
             self.best = quality
@@ -382,33 +431,78 @@ def make_callbacks(cfg) -> MlflowCallbacks:
 
 
 def register_generator(client, run_id: str, network_file: str | os.PathLike, name: str, kimg: float,
-                       metrics: dict[str, Any] | None = None, manifest_sha256: str | None = None) -> str:
-    """Log the network file as a pyfunc model under the run and register it as a new version of `name`.
+                       metrics: dict[str, Any] | None = None, manifest_sha256: str | None = None,
+                       step: int | None = None, uri: str | None = None, linked=None,
+                       dataset: tuple[str, str] | None = None) -> str:
+    """Log the network file as an MLflow 3 LoggedModel of the run and register it as a new version of `name`.
 
-    Returns the new version (as a string). The version's tags carry kimg, the dataset manifest hash and
-    the run's metrics at that kimg.
+    The LoggedModel (`model_name_at(kimg)`) has the run as its source, the run's params, the metrics named in
+    `linked` (default: all of `metrics`), logged to the run with its model_id at `step` (images shown; default
+    kimg * 1000), and is one of the run's outputs at that step; the model version's source is `models:/<model_id>`.
+    Returns the new version (as a string). The version's tags carry kimg, the dataset manifest hash and every
+    metric. `uri`: the tracking URI of `client` (default: pipeline.mlflow_store.tracking_uri()). `dataset`: (name,
+    digest) of the run's dataset input (dataset_input), which the linked metrics were measured on.
     """
     import mlflow  # here, like every MLflow import of this module: `import mlflow` takes seconds
+    from mlflow.entities import LoggedModelOutput, Metric
 
-    from pipeline.pyfunc import save_pyfunc  # imports mlflow.pyfunc
+    from pipeline.pyfunc import log_generator  # imports mlflow.pyfunc
 
-    artifact_path = f"generator-{kimg:09.3f}kimg"
-    with tempfile.TemporaryDirectory(prefix="sg3-pyfunc-") as tmp:
-        model_dir = save_pyfunc(network_file, Path(tmp) / "model",
-                                metadata={"kimg": kimg, "dataset_manifest_sha256": manifest_sha256 or ""})
-        client.log_artifacts(run_id, str(model_dir), artifact_path)
-    try:
-        client.create_registered_model(name, description="StyleGAN3 EMA generator (stylegan3-ray)")
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    uri = uri or tracking_uri()
+    step = int(round(kimg * 1000)) if step is None else int(step)
+    run = client.get_run(run_id)
     tags = {"kimg": f"{kimg:g}"}
     if manifest_sha256:
         tags["dataset_manifest_sha256"] = manifest_sha256
-    for k, v in (metrics or {}).items():
-        if isinstance(v, (int, float)):
-            tags[f"metric.{k.replace('/', '.')}"] = f"{float(v):.6g}"
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    values = {k.replace("/", "."): float(v) for k, v in (metrics or {}).items()
+              if isinstance(v, (int, float)) and v == v}
+    model = client.create_logged_model(run.info.experiment_id, name=model_name_at(kimg),
+                                       source_run_id=run_id, tags=tags, params=dict(run.data.params),
+                                       model_type="stylegan3-generator")
+    ts = int(time.time() * 1000)
+    ds_name, ds_digest = dataset or (None, None)
+    batch = [Metric(k, v, ts, step, model_id=model.model_id, dataset_name=ds_name, dataset_digest=ds_digest)
+             for k, v in values.items() if linked is None or k in {m.replace("/", ".") for m in linked}]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    mlflow.set_tracking_uri(uri)  # log_model and register_model work through the fluent API's URIs
+    mlflow.set_registry_uri(uri)
+    log_generator(network_file, model.name, model.model_id,
+                  metadata={"kimg": kimg, "dataset_manifest_sha256": manifest_sha256 or ""})
+    if client.get_logged_model(model.model_id).status != "READY":
+        client.finalize_logged_model(model.model_id, "READY")
+    for k, v in values.items():
+        tags[f"metric.{k}"] = f"{v:.6g}"
+    # register_model (not client.create_model_version) also tags the LoggedModel with its versions
+    # (`mlflow.modelVersions`), which the model page shows. The version's source is `models:/<model_id>`.
+    mv = mlflow.register_model(f"models:/{model.model_id}", name, tags=tags)
     return str(mv.version)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def model_name_at(kimg: float) -> str:
+    """The LoggedModel name of a snapshot: `generator-6kimg`, `generator-0_2kimg` (MLflow allows no '.')."""
+    return f"generator-{kimg:g}kimg".replace(".", "_")
+
+
+def system_metrics_on() -> bool:
+    """System metrics for training runs: on unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is false (MLflow's own
+    switch); the sampling interval is MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL (default 10 s)."""
+    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").strip().lower() not in ("false", "0", "no")
+
+
+def dataset_input(info: DatasetInfo):
+    """The MLflow dataset input of a shard set: name, source URI, digest (the first 32 hex digits of the
+    manifest's sha256: MLflow keeps at most 36 characters), and a profile with the image count, resolution,
+    channels, labels, shard count and the whole sha256."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"num_images": info.num_images, "resolution": info.resolution, "channels": info.channels,
+               "labels": info.label_kind, "shards": len(info.shards), "manifest_sha256": info.manifest_sha256}
+    ds = Dataset(name=dataset_name(info.uri), digest=info.manifest_sha256[:DIGEST_CHARS],
+                 source_type="s3" if info.uri.startswith("s3://") else "local",
+                 source=json.dumps({"uri": info.uri}), profile=json.dumps(profile))
+    return DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])

@@ -35,9 +35,9 @@ def tiny_G():
     return G.eval(), D.eval()
 
 
-def _cfg(name: str, metrics=()) -> TrainConfig:
+def _cfg(name: str, metrics=(), data_uri: str = "/data/faces") -> TrainConfig:
     return TrainConfig().replace(model={"preset": "stylegan3-t", "resolution": RES, "cbase": 256, "cmax": 16},
-                                 data={"uri": "/data/faces"}, schedule={"batch": 4, "kimg": 1},
+                                 data={"uri": data_uri}, schedule={"batch": 4, "kimg": 1},
                                  run={"run_name": name, "metrics": tuple(metrics)},
                                  tracking={"enabled": True, "model_name": name, "experiment": f"exp-{name}"})
 
@@ -64,12 +64,24 @@ def _drive(cb, trainer, tmp: Path, G, D, ticks: list[int], snap_every: int, qual
             cb.on_snapshot(trainer, str(_snapshot_dir(tmp, G, D, nimg)), {"kimg": nimg / 1000})
 
 
+def _image_steps(client, run_id: str, key: str) -> list[int]:
+    """The steps of the images logged under `key` (MLflow names them images/KEY+step+N+timestamp+T+UUID.png)."""
+    names = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
+    return sorted(int(n.split("+")[2]) for n in names if n.startswith(f"{key}+step+") and n.endswith(".png"))
+
+
 def test_run_params_metrics_registry_champion_and_resume(tmp_path, monkeypatch, tiny_G):
     G, D = tiny_G
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = _cfg("track-a")
-    trainer = SimpleNamespace(G=G, G_ema=G, D=D, cfg=cfg, cur_nimg=0, extra={"dataset_manifest_sha256": "abc123"})
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # samples within this short test
+    from pipeline.data.demo import ensure_demo_shards
+    from pipeline.data.manifest import dataset_info
+
+    data = ensure_demo_shards(tmp_path / "data", RES, max_images=8, progress=False)
+    cfg = _cfg("track-a", data_uri=data)
+    sha = dataset_info(data).manifest_sha256
+    trainer = SimpleNamespace(G=G, G_ema=G, D=D, cfg=cfg, cur_nimg=0, extra={"dataset_manifest_sha256": sha})
     cb = tracking.make_callbacks(cfg)
     cb.on_start(trainer, resumed=False)
     # swd at the two snapshots: 0.5 then 0.8 -> champion stays on the first version.
@@ -84,7 +96,7 @@ def test_run_params_metrics_registry_champion_and_resume(tmp_path, monkeypatch, 
     assert run.info.status == "FINISHED"
     assert run.data.params["schedule.batch"] == "4"
     assert run.data.params["model.cbase"] == "256"
-    assert run.data.tags["stylegan3.dataset_manifest_sha256"] == "abc123"
+    assert run.data.tags["stylegan3.dataset_manifest_sha256"] == sha
     hist = client.get_metric_history(run_id, "loss.G")
     assert [m.step for m in hist] == [100, 200, 300, 400]
     assert [m.value for m in hist] == [1.0, 2.0, 3.0, 4.0]
@@ -93,9 +105,35 @@ def test_run_params_metrics_registry_champion_and_resume(tmp_path, monkeypatch, 
     versions = sorted(client.search_model_versions("name='track-a'"), key=lambda v: int(v.version))
     assert [v.tags["kimg"] for v in versions] == ["0.2", "0.4"]
     assert versions[0].tags["metric.swd"] == "0.5"
-    assert versions[0].tags["dataset_manifest_sha256"] == "abc123"
+    assert versions[0].tags["dataset_manifest_sha256"] == sha
     assert str(client.get_model_version_by_alias("track-a", "champion").version) == "1"
     assert trainer.extra["mlflow_best"] == ["swd", 0.5]
+
+    # MLflow 3 models: one LoggedModel per snapshot, made by this run, holding the snapshot's metrics at its step,
+    # and an output of the run at that step; each model version points at its LoggedModel.
+    logged = {m.name: m for m in client.search_logged_models([run.info.experiment_id])}
+    assert set(logged) == {"generator-0_2kimg", "generator-0_4kimg"}
+    first = logged["generator-0_2kimg"]
+    assert first.source_run_id == run_id and first.status == "READY"
+    assert [(m.key, m.value, m.step, m.dataset_name, m.dataset_digest) for m in first.metrics] == [
+        ("swd", 0.5, 200, Path(data).name, sha[:32])]  # measured on the run's dataset input (below)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "swd")] == [(200, 0.5), (400, 0.8)]
+    assert first.params["schedule.batch"] == "4"
+    assert {o.model_id: o.step for o in run.outputs.model_outputs} == {
+        first.model_id: 200, logged["generator-0_4kimg"].model_id: 400}
+    # MLflow 3.17's SQL registry keeps no model_id column (ModelVersion.model_id reads None from it): the link is
+    # the version's source, models:/<model_id>, and the LoggedModel's mlflow.modelVersions tag.
+    assert versions[0].source == f"models:/{first.model_id}"
+    assert json.loads(first.tags["mlflow.modelVersions"]) == [{"name": "track-a", "version": 1}]
+    # The fakes grids in the image view, by step (images shown); system metrics; the shard set as dataset input.
+    assert _image_steps(client, run_id, tracking.FAKES_KEY) == [200, 400]
+    assert any(k.startswith("system/cpu") for k in run.data.metrics), sorted(run.data.metrics)
+    info = dataset_info(data)
+    (ds,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert (ds.name, ds.digest, json.loads(ds.source)["uri"]) == (
+        Path(data).name, info.manifest_sha256[:32], data)
+    profile = json.loads(ds.profile)
+    assert profile["num_images"] == info.num_images == 8 and profile["manifest_sha256"] == info.manifest_sha256
 
     # Resume: a new callbacks object given the checkpoint's `extra` continues the same run.
     trainer2 = SimpleNamespace(G=G, G_ema=G, D=D, cfg=cfg, cur_nimg=400, extra=dict(trainer.extra))
@@ -107,12 +145,16 @@ def test_run_params_metrics_registry_champion_and_resume(tmp_path, monkeypatch, 
     assert [m.step for m in client.get_metric_history(run_id, "loss.G")] == [100, 200, 300, 400, 500, 600]
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert str(client.get_model_version_by_alias("track-a", "champion").version) == "3"
+    assert _image_steps(client, run_id, tracking.FAKES_KEY) == [200, 400, 600]
+    assert len(client.get_run(run_id).inputs.dataset_inputs) == 1  # the same set, logged once
 
     # The registry CLI sees it; @latest resolves to the newest version.
     out = subprocess.run([sys.executable, "-m", "pipeline.registry", "show", "track-a@latest"],
                          capture_output=True, text=True, env={**__import__("os").environ}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "track-a v3" in out.stdout and "champion" in out.stdout
+    v3 = client.get_model_version("track-a", "3")
+    assert f"logged model: {v3.source[len('models:/'):]}" in out.stdout
 
 
 def test_generate_from_registry_is_deterministic_and_video_decodes(tmp_path, monkeypatch, tiny_G):
@@ -176,7 +218,7 @@ def test_serve_endpoint(tmp_path, monkeypatch, tiny_G):
     os_env = __import__("os").environ
     # mlflow execs `uvicorn` by name: the venv's bin/ must be on PATH even when it is not activated.
     env = {**os_env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os_env['PATH']}"}
-    proc = subprocess.Popen([services.venv_bin("mlflow"), "models", "serve", "-m", "models:/serve-c/1",
+    proc = subprocess.Popen([services.venv_bin("mlflow"), "models", "serve", "-m", "models:/serve-c@latest",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                             env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
