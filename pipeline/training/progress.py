@@ -124,9 +124,7 @@ class QualityProbe:
         if self.labels is not None and G.c_dim:
             values = torch.as_tensor(self.labels[0], dtype=torch.float32)
             probs = torch.as_tensor(self.labels[1], dtype=torch.float64)
-
-            def sampler(n, gen):
-                return values[torch.multinomial(probs, n, replacement=True, generator=gen)]
+            sampler = lambda n, gen: values[torch.multinomial(probs, n, replacement=True, generator=gen)]  # noqa: E731
         fakes = metrics_core.generate_images(G, self.num_images, batch_size=GEN_BATCH, seed=SEED, c_sampler=sampler)
         fake = collect_descriptors(fakes, DESCRIPTORS_PER_IMAGE, seed=SEED)
         levels = swd_from_descriptors(real, fake, DIRS_PER_REPEAT, DIR_REPEATS, seed=SEED)
