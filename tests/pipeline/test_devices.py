@@ -127,15 +127,15 @@ def test_tune_trials_ask_for_gpus_the_autoscaler_can_launch(cluster, capsys):
     workers then ask for {GPU: 1}); the launchable GPUs count towards the trials that run at once."""
     from types import SimpleNamespace
 
-    from pipeline import tune
     from pipeline.training.config import TrainConfig
+    from pipeline.tuning.sweep import check_cluster
 
     cluster.labels = {devices.LABEL: "8"}
     sweep = SimpleNamespace(base=TrainConfig().replace(run={"workers": 2}), max_concurrent=0)
-    assert tune.check_cluster(sweep) == 4
+    assert check_cluster(sweep) == 4
     assert sweep.base.run.use_gpu is True
     assert capsys.readouterr().out.startswith("device: GPU (1 GPU per worker, NCCL)")
     cluster.labels = {}
     sweep = SimpleNamespace(base=TrainConfig().replace(run={"workers": 1}), max_concurrent=0)
-    tune.check_cluster(sweep)
+    check_cluster(sweep)
     assert sweep.base.run.use_gpu is False
