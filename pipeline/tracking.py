@@ -45,6 +45,7 @@ log = logging.getLogger("stylegan3.tracking")
 
 CHAMPION_ALIAS = "champion"
 FAKES_KEY = "fakes"  # the MLflow image key of the fakes grids
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # MLflow's tag on a LoggedModel: the versions registered from it
 DIGEST_CHARS = 32  # of the manifest's sha256 in the dataset input's digest (MLflow keeps at most 36 characters)
 # Quality metrics that pick the champion, in order of preference; the last is the default quality curve's
 # (pipeline.training.progress, every run unless --quality 0).
@@ -456,22 +457,28 @@ def register_generator(client, run_id: str, network_file: str | os.PathLike, nam
         tags["dataset_manifest_sha256"] = manifest_sha256
     values = {k.replace("/", "."): float(v) for k, v in (metrics or {}).items()
               if isinstance(v, (int, float)) and v == v}
-    model = client.create_logged_model(run.info.experiment_id, name=model_name_at(kimg),
-                                       source_run_id=run_id, tags=tags, params=dict(run.data.params),
-                                       model_type="stylegan3-generator")
+    # A retried call (the server went away part-way) finishes the LoggedModel it began instead of making another.
+    begun = [m for m in client.search_logged_models(
+                 [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{model_name_at(kimg)}'")
+             if MODEL_VERSIONS_TAG not in m.tags]
+    model = begun[0] if begun else client.create_logged_model(
+        run.info.experiment_id, name=model_name_at(kimg), source_run_id=run_id, tags=tags,
+        params=dict(run.data.params), model_type="stylegan3-generator")
     ts = int(time.time() * 1000)
     ds_name, ds_digest = dataset or (None, None)
     batch = [Metric(k, v, ts, step, model_id=model.model_id, dataset_name=ds_name, dataset_digest=ds_digest)
              for k, v in values.items() if linked is None or k in {m.replace("/", ".") for m in linked}]
-    if batch:
+    if batch and not model.metrics:
         client.log_batch(run_id, metrics=batch)
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    if model.model_id not in {o.model_id for o in (run.outputs.model_outputs if run.outputs else [])}:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     mlflow.set_tracking_uri(uri)  # log_model and register_model work through the fluent API's URIs
     mlflow.set_registry_uri(uri)
-    log_generator(network_file, model.name, model.model_id,
-                  metadata={"kimg": kimg, "dataset_manifest_sha256": manifest_sha256 or ""})
-    if client.get_logged_model(model.model_id).status != "READY":
-        client.finalize_logged_model(model.model_id, "READY")
+    if str(model.status) != "READY":
+        log_generator(network_file, model.name, model.model_id,
+                      metadata={"kimg": kimg, "dataset_manifest_sha256": manifest_sha256 or ""})
+        if str(client.get_logged_model(model.model_id).status) != "READY":
+            client.finalize_logged_model(model.model_id, "READY")
     for k, v in values.items():
         tags[f"metric.{k}"] = f"{v:.6g}"
     # register_model (not client.create_model_version) also tags the LoggedModel with its versions
