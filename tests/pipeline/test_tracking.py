@@ -157,32 +157,6 @@ def test_run_params_metrics_registry_champion_and_resume(tmp_path, monkeypatch, 
     assert f"logged model: {v3.source[len('models:/'):]}" in out.stdout
 
 
-def test_register_retried_after_a_failure_finishes_the_same_logged_model(tmp_path, monkeypatch, tiny_G):
-    """The tracking queue retries a registration that failed part-way (server gone while uploading the model): the
-    retry completes the LoggedModel it began, so each snapshot has one model, one output and one version."""
-    G, D = tiny_G
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    net = tmp_path / "net.safetensors"
-    models.save_network(net, G=G, D=D, G_ema=G)
-    import mlflow
-
-    from pipeline import pyfunc
-
-    client = mlflow.MlflowClient(uri, uri)
-    run = client.create_run(client.create_experiment("retry", artifact_location=str(tmp_path / "mlruns")))
-    real = pyfunc.log_generator
-    monkeypatch.setattr(pyfunc, "log_generator", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("gone")))
-    with pytest.raises(ConnectionError):
-        tracking.register_generator(client, run.info.run_id, net, "retry-e", kimg=1.0, metrics={"swd": 0.25})
-    monkeypatch.setattr(pyfunc, "log_generator", real)
-    assert tracking.register_generator(client, run.info.run_id, net, "retry-e", kimg=1.0, metrics={"swd": 0.25}) == "1"
-    (model,) = client.search_logged_models([run.info.experiment_id])
-    assert model.status == "READY" and [(m.key, m.step) for m in model.metrics] == [("swd", 1000)]
-    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [model.model_id]
-    assert [v.source for v in client.search_model_versions("name='retry-e'")] == [f"models:/{model.model_id}"]
-
-
 def test_generate_from_registry_is_deterministic_and_video_decodes(tmp_path, monkeypatch, tiny_G):
     G, D = tiny_G
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -235,10 +209,23 @@ def test_serve_endpoint(tmp_path, monkeypatch, tiny_G):
     models.save_network(net, G=G, D=D, G_ema=G)
     import mlflow
 
+    from pipeline import pyfunc
+
     client = mlflow.MlflowClient(uri, uri)
     exp = client.create_experiment("serve", artifact_location=str(tmp_path / "mlruns"))
     run = client.create_run(exp)
-    tracking.register_generator(client, run.info.run_id, net, "serve-c", kimg=1.0)
+    # The tracking queue retries a registration that failed part-way (server gone while uploading the model): the
+    # retry completes the LoggedModel it began, so the snapshot has one model, one output and one version.
+    real = pyfunc.log_generator
+    monkeypatch.setattr(pyfunc, "log_generator", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("gone")))
+    with pytest.raises(ConnectionError):
+        tracking.register_generator(client, run.info.run_id, net, "serve-c", kimg=1.0, metrics={"swd": 0.25})
+    monkeypatch.setattr(pyfunc, "log_generator", real)
+    assert tracking.register_generator(client, run.info.run_id, net, "serve-c", kimg=1.0, metrics={"swd": 0.25}) == "1"
+    (model,) = client.search_logged_models([exp])
+    assert model.status == "READY" and [(m.key, m.step) for m in model.metrics] == [("swd", 1000)]
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [model.model_id]
+    assert [v.source for v in client.search_model_versions("name='serve-c'")] == [f"models:/{model.model_id}"]
 
     port = services.free_port()
     os_env = __import__("os").environ
