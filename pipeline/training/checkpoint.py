@@ -19,13 +19,12 @@ latest registered checkpoint: a directory half-uploaded when storage went away i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +45,10 @@ def dir_name(cur_nimg: int) -> str:
     return f"checkpoint_{cur_nimg / 1000:011.3f}kimg"
 
 
-@contextlib.contextmanager
-def staging_dir() -> Iterator[str]:
-    """A fresh local directory to write one checkpoint into before Ray persists it; removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="sg3-ckpt-") as d:
-        yield d
+def staging_dir() -> str:
+    """A fresh local directory to write one checkpoint into. Ray Train uploads it, in the background for the
+    regular snapshots, and deletes it once uploaded (`report(..., delete_local_checkpoint_after_upload=True)`)."""
+    return tempfile.mkdtemp(prefix="sg3-ckpt-")
 
 
 def save(trainer, directory: str | os.PathLike) -> None:

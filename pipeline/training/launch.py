@@ -186,7 +186,10 @@ def build_trainer(cfg: TrainConfig, info, progress=True, callbacks: list | None 
         fs, path = None, str(Path(storage.parse(cfg.run.storage).path).resolve())
     run_config = ray.train.RunConfig(
         name=cfg.run.run_name, storage_path=path, storage_filesystem=fs,
-        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        # Worker deaths retry --max-failures times. A spot preemption announced by a node drain is counted apart
+        # and retried without limit: the loop checkpoints at the notice, so a resume loses no step
+        # (pipeline.training.loop, docs/cluster.md "Spot instances").
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures, max_preemption_failures=-1),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep),
         # `is` tests: an empty queue is falsy (it has a length).
         callbacks=([] if progress is False else
@@ -264,10 +267,7 @@ def progress_line(m: dict[str, Any]) -> str:
             f"mem {m['peak_mem_gb']:.2f} GB")
 
 
-try:
-    from ray.train.v2.api.callback import UserCallback
-except ImportError:  # Ray Train V1 (V2 is the default in the pinned Ray)
-    UserCallback = object  # type: ignore[misc,assignment]
+from ray.train import UserCallback  # noqa: E402 - Ray Train V2's public callback base (Ray >= 2.56)
 
 
 class ProgressPrinter(UserCallback):
@@ -294,6 +294,9 @@ class ProgressPrinter(UserCallback):
         if checkpoint is not None:
             line += f"  [checkpoint {checkpoint.path}]"
         self._emit(line)
+        if metrics[0].get("preempted"):
+            self._emit(f"preemption notice: checkpoint stored at {metrics[0]['kimg']:.3f} kimg; the run resumes from "
+                       "it on other nodes once this one goes")
         if not self.checked_gpus:
             # A CPU run on a cluster that declared no GPUs may still have made its autoscaler launch GPU nodes (the
             # only nodes with CPUs): say so, once, where the user reads the ticks.
