@@ -11,7 +11,7 @@ Public API:
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
