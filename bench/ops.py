@@ -255,9 +255,10 @@ def model(cfgs, res: int, batch: int, show_others: bool = True) -> int:
     import ops._triton.static_compile as sc
     import ops._triton.upfirdn2d as ku
 
-    costs = {"_flrelu_kernel": kf.launch_cost, "_upfirdn2d_kernel": ku.launch_cost,
-             "_bias_act_kernel": kb.launch_cost}
-    floors = {"_flrelu_kernel": kf.floor_bytes, "_upfirdn2d_kernel": ku.floor_bytes,
+    costs = {"_flrelu_kernel": kf.launch_cost, "_flrelu_stream_kernel": kf.launch_cost,
+             "_upfirdn2d_kernel": ku.launch_cost, "_bias_act_kernel": kb.launch_cost}
+    floors = {"_flrelu_kernel": kf.floor_bytes, "_flrelu_stream_kernel": kf.floor_bytes,
+              "_upfirdn2d_kernel": ku.floor_bytes,
               "_bias_act_kernel": kb.floor_bytes}
     print(f"H100 model (sm_90 compile, no GPU): {sc.H100_BYTES_PER_S / 1e12:.1f} TB/s; multiply-adds/s: "
           + ", ".join(f"{k} {v / 1e12:.1f}T" for k, v in sc.H100_MACS_PER_S.items()) + f"; batch {batch}, {res}x{res}")

@@ -31,6 +31,14 @@ not use one where they can avoid it:
 - stage 2 reads the window from registers (no overlapping views there), so its x band is split into blocks
   (window quarters or halves x output halves) and the blocks the band does not touch are skipped.
 
+Streaming (``_flrelu_stream_kernel``). A tile's window repeats the T2 − A2 samples of stage 2's halo that its
+neighbours also compute (20 of 64 per axis for the up-by-4 layers' backward, which decimates by 4 with 24 taps).
+On a GPU the planner may instead give a program a whole column strip of a plane and walk it down in chunks of
+CH = 16·A2 upsampled-rate rows: each chunk goes through stage 1, the nonlinearity and stage 2's x pass once, then
+feeds two y products, the rest of the previous row block of outputs (stored, complete) and the start of the next
+(carried in registers). Rows are never recomputed along y, and only the registers of one chunk are live. The
+planner costs both kernels' dots (padded shapes) per plane and launches the cheaper.
+
 Precision. The dots run on tensor cores: fp16 inputs as fp16 operands with each filter matrix split into an fp16
 hi part and a 2^11-scaled fp16 lo part (exact to ~2^-22; two dots), float32/bfloat16 inputs with the signal split
 the same way after an exact power-of-two scale from the tile's largest exponent (three dots: hi·hi, hi·lo, lo·hi),
@@ -406,6 +414,230 @@ def _flrelu_kernel(
                  mask=row_ok & ((oh_ + HO < bo_x) & (px < out_w))[None, :])
 
 
+@triton.jit
+def _row_halves(d, H: tl.constexpr):
+    """[2·H, N] -> its row halves [H, N], [H, N]."""
+    return tl.split(tl.permute(tl.reshape(d, (2, H, d.shape[1])), (1, 2, 0)))
+
+
+@triton.jit
+def _join_halves(t0, t1):
+    """Column halves [M, H], [M, H] -> [M, 2·H] (the inverse of ``_halves``)."""
+    return tl.reshape(tl.permute(tl.join(t0, t1), (0, 2, 1)), (t0.shape[0], 2 * t0.shape[1]))
+
+
+_STREAM_RUNTIME_INTS = ["C", "in_h", "in_w", "out_h", "out_w", "code_h", "code_w", "code_stride", "c1y", "c1x",
+                        "c2y", "c2x", "bo_x", "n_blocks_y", "row_lo", "row_hi"]
+
+
+@triton.jit(do_not_specialize=_STREAM_RUNTIME_INTS)
+def _flrelu_stream_kernel(
+    in_ptr, out_ptr, bias_ptr, codes_ptr,
+    h1y_ptr, h1x_ptr, h2y_ptr, h2x_ptr,
+    C, in_h, in_w, out_h, out_w,
+    code_h, code_w, code_stride,
+    c1y, c1x, c2y, c2x,
+    bo_x, n_blocks_y, row_lo, row_hi,
+    gain, slope, clamp,
+    A1Y: tl.constexpr, A1X: tl.constexpr, T1Y: tl.constexpr, T1X: tl.constexpr, R1: tl.constexpr,
+    A2Y: tl.constexpr, A2X: tl.constexpr, T2Y: tl.constexpr, T2X: tl.constexpr, R2: tl.constexpr,
+    OB: tl.constexpr, OBV: tl.constexpr, BOX: tl.constexpr, CH: tl.constexpr, BTX: tl.constexpr, EH: tl.constexpr,
+    BMY: tl.constexpr, BMX: tl.constexpr,
+    PATCH1: tl.constexpr, PIY: tl.constexpr, PIX: tl.constexpr, POY: tl.constexpr, POX: tl.constexpr,
+    SK2: tl.constexpr, NQ2: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, MODE: tl.constexpr, FLOOR_BIAS: tl.constexpr,
+    DOT: tl.constexpr, XF1: tl.constexpr,
+):
+    """One program = one column strip of outputs (``bo_x`` wide) of one (n, c) plane, walked down in row blocks.
+
+    The window is never held whole: chunk c is the CH = OBV·A2Y upsampled-rate rows that output row block c (OBV
+    rows, computed as OB >= 16 for the dots) starts on (rows c·CH + c2y ...). A chunk is built by stage 1 (as ``_flrelu_kernel``), passed through the nonlinearity,
+    filtered and decimated along x, and then feeds two y products: the rest of row block c − 1 (which reaches EH
+    rows into chunk c; stored now, complete) and the first part of row block c (carried to the next chunk). Chunks
+    do not overlap, so no upsampled-rate row is computed twice (the tiles of ``_flrelu_kernel`` recompute a
+    T2 − A2 row halo each); chunks outside the rows that reach the output (``row_lo``, ``row_hi``) are skipped.
+    """
+    pid_nc = tl.program_id(0).to(tl.int64)
+    tile_x = tl.program_id(1).to(tl.int64)
+    zero64 = pid_nc * 0
+    in_h = in_h + zero64
+    in_w = in_w + zero64
+    out_h = out_h + zero64
+    out_w = out_w + zero64
+    code_h = code_h + zero64
+    code_w = code_w + zero64
+    code_stride = code_stride + zero64
+    c1y = c1y + zero64
+    c1x = c1x + zero64
+    c2y = c2y + zero64
+    c2x = c2x + zero64
+    bo_x = bo_x + zero64
+    row_lo = row_lo + zero64
+    row_hi = row_hi + zero64
+    cdt = h1y_ptr.dtype.element_ty
+
+    o0x = tile_x * bo_x
+    t0x = o0x * A2X + c2x
+    m0x = FLOOR_BIAS - (c1x - t0x + A1X * FLOOR_BIAS) // A1X
+    ky = tl.arange(0, CH).to(tl.int64)
+    kx = tl.arange(0, BTX).to(tl.int64)
+    oy = tl.arange(0, OB).to(tl.int64)
+    ox = tl.arange(0, BOX).to(tl.int64)
+    plane_in = pid_nc * in_h * in_w
+    plane_out = pid_nc * out_h * out_w
+    plane_code = pid_nc * code_h * code_stride
+    if HAS_BIAS:
+        bval = tl.load(bias_ptr + pid_nc % C).to(cdt)
+    px = o0x + ox
+    col_ok = ((ox < bo_x) & (px < out_w))[None, :]
+    if MODE == 1:
+        own_w = tl.where(tile_x == tl.num_programs(1) - 1, code_w - t0x, bo_x * A2X)
+
+    carry = tl.zeros((OB, BOX), dtype=cdt)
+    for c in range(0, n_blocks_y + 1):
+        t0y = c * CH + c2y
+        nxt = tl.zeros((OB, BOX), dtype=cdt)
+        if (t0y < row_hi) & (t0y + CH > row_lo):
+            m0y = FLOOR_BIAS - (c1y - t0y + A1Y * FLOOR_BIAS) // A1Y
+            # ---- stage 1: the chunk's [CH, BTX] upsampled-rate rows
+            if PATCH1:
+                PY: tl.constexpr = CH // POY
+                PX: tl.constexpr = BTX // POX
+                SY: tl.constexpr = POY // A1Y
+                SX: tl.constexpr = POX // A1X
+                rows = m0y + (tl.arange(0, PY).to(tl.int64) * SY)[:, None] + tl.arange(0, PIY).to(tl.int64)[None, :]
+                cols = m0x + (tl.arange(0, PX).to(tl.int64) * SX)[:, None] + tl.arange(0, PIX).to(tl.int64)[None, :]
+                rows_ok = (rows >= 0) & (rows < in_h)
+                cols_ok = (cols >= 0) & (cols < in_w)
+                in_mask = rows_ok[:, :, None, None] & cols_ok[None, None, :, :]
+                rows = tl.where(rows_ok, rows, 0)
+                cols = tl.where(cols_ok, cols, 0)
+                x = tl.load(in_ptr + plane_in + rows[:, :, None, None] * in_w + cols[None, None, :, :], mask=in_mask,
+                            other=0.0).to(cdt)
+                if HAS_BIAS:
+                    x = tl.where(in_mask, x + bval, 0.0)
+                x2 = tl.reshape(x, (PY * PIY * PX, PIX))
+                d0y = m0y * A1Y + c1y - t0y
+                d0x = m0x * A1X + c1x - t0x
+                jy = d0y + (tl.arange(0, PIY).to(tl.int64) * A1Y)[:, None] - tl.arange(0, POY).to(tl.int64)[None, :]
+                jx = d0x + (tl.arange(0, PIX).to(tl.int64) * A1X)[:, None] - tl.arange(0, POX).to(tl.int64)[None, :]
+                jy_ok = (jy >= 0) & (jy < T1Y)
+                jx_ok = (jx >= 0) & (jx < T1X)
+                jy = tl.where(jy_ok, jy, 0)
+                jx = tl.where(jx_ok, jx, 0)
+                v4 = tl.zeros((PY * PX * POX, POY), dtype=cdt)
+                for r in range(R1):
+                    hx = tl.load(h1x_ptr + r * T1X + jx, mask=jx_ok, other=0.0)
+                    hy = tl.load(h1y_ptr + r * T1Y + jy, mask=jy_ok, other=0.0)
+                    t = tl.reshape(_data_filter(x2, hx, DOT), (PY, PIY, PX, POX))
+                    t = tl.reshape(tl.permute(t, (0, 2, 3, 1)), (PY * PX * POX, PIY))
+                    v4 += _data_filter(t, hy, DOT)
+                v = tl.reshape(tl.permute(tl.reshape(v4, (PY, PX, POX, POY)), (0, 3, 1, 2)), (CH, BTX))
+            else:
+                my = m0y + tl.arange(0, BMY).to(tl.int64)
+                mx = m0x + tl.arange(0, BMX).to(tl.int64)
+                my_ok = (my >= 0) & (my < in_h)
+                mx_ok = (mx >= 0) & (mx < in_w)
+                in_mask = my_ok[:, None] & mx_ok[None, :]
+                x = tl.load(in_ptr + plane_in + tl.where(my_ok, my, 0)[:, None] * in_w + tl.where(mx_ok, mx, 0)[None, :],
+                            mask=in_mask, other=0.0).to(cdt)
+                if HAS_BIAS:
+                    x = tl.where(in_mask, x + bval, 0.0)
+                iy1 = (my * A1Y + c1y - t0y)[None, :] - ky[:, None]  # [CH, BMY]
+                ix1 = (mx * A1X + c1x - t0x)[:, None] - kx[None, :]  # [BMX, BTX]
+                iy1_ok = (iy1 >= 0) & (iy1 < T1Y)
+                ix1_ok = (ix1 >= 0) & (ix1 < T1X)
+                iy1 = tl.where(iy1_ok, iy1, 0)
+                ix1 = tl.where(ix1_ok, ix1, 0)
+                v = tl.zeros((CH, BTX), dtype=cdt)
+                for r in range(R1):
+                    hy = tl.load(h1y_ptr + r * T1Y + iy1, mask=iy1_ok, other=0.0)
+                    hxt = tl.load(h1x_ptr + r * T1X + ix1, mask=ix1_ok, other=0.0)
+                    if XF1:
+                        v += _filter_data(hy, _data_filter(x, hxt, DOT), DOT)
+                    else:
+                        v += _data_filter(_filter_data(hy, x, DOT), hxt, DOT)
+
+            # ---- nonlinearity at the upsampled rate
+            ty = t0y + ky
+            tx = t0x + kx
+            if MODE == 2:
+                ty_ok = (ty >= 0) & (ty < code_h)
+                tx_ok = (tx >= 0) & (tx < code_w)
+                tyc = tl.where(ty_ok, ty, 0)
+                txc = tl.where(tx_ok, tx, 0)
+                byte = tl.load(codes_ptr + plane_code + tyc[:, None] * code_stride + (txc // 4)[None, :],
+                               mask=ty_ok[:, None] & tx_ok[None, :], other=0).to(tl.int32)
+                code = (byte >> ((txc % 4) * 2)[None, :]) & 3
+                deriv = tl.where(code >= 2, 0.0, tl.where((code & 1) != 0, slope, 1.0))
+                a = v * (deriv * gain).to(cdt)
+            else:
+                neg = v < 0
+                a = tl.where(neg, v * slope, v) * gain
+                if HAS_CLAMP:
+                    clamped = (a > clamp) | (a < -clamp)
+                    a = tl.minimum(tl.maximum(a, -clamp), clamp)
+                if MODE == 1:
+                    # Chunks do not overlap: this program owns every code row of its chunk (rows < code_h) and,
+                    # along x, t in [t0x, t0x + bo_x·A2X) (the last strip also owns the tail).
+                    code = tl.where(neg, 1, 0)
+                    if HAS_CLAMP:
+                        code = tl.where(clamped, 2, code)
+                    own_row = (ty >= 0) & (ty < code_h)
+                    own = own_row[:, None] & (kx < own_w)[None, :]
+                    code = tl.where(own, code, 0) << ((kx % 4) * 2)[None, :]
+                    packed = tl.sum(tl.reshape(code, (CH, BTX // 4, 4)), axis=2).to(tl.uint8)
+                    jb = tl.arange(0, BTX // 4).to(tl.int64)
+                    tl.store(codes_ptr + plane_code + tl.where(own_row, ty, 0)[:, None] * code_stride
+                             + (t0x // 4 + jb)[None, :], packed, mask=own_row[:, None] & (jb * 4 < own_w)[None, :])
+
+            # ---- stage 2: x pass on the chunk, then the two y products. The bands are the same for every chunk
+            # (block c's rows from chunk c, block c − 1's from its first EH rows) but are rebuilt here, in int32,
+            # rather than held in registers through stage 1 (held, they made the coded 16-warp variants spill).
+            oy32 = tl.arange(0, OB)
+            iym = tl.arange(0, CH)[None, :] - oy32[:, None] * A2Y  # [OB, CH]
+            iym_ok = (iym >= 0) & (iym < T2Y) & (oy32 < OBV)[:, None]
+            iym = tl.where(iym_ok, iym, 0)
+            if EH > 0:
+                iyt = (tl.arange(0, EH) + CH)[None, :] - oy32[:, None] * A2Y  # [OB, EH]
+                iyt_ok = (iyt >= 0) & (iyt < T2Y) & (oy32 < OBV)[:, None]
+                iyt = tl.where(iyt_ok, iyt, 0)
+            if SK2 == 0:
+                ix2 = tl.arange(0, BTX)[:, None] - tl.arange(0, BOX)[None, :] * A2X  # [BTX, BOX]
+                ix2_ok = (ix2 >= 0) & (ix2 < T2X)
+                ix2 = tl.where(ix2_ok, ix2, 0)
+            if SK2 != 0:
+                WB: tl.constexpr = BTX // NQ2
+                HO: tl.constexpr = BOX // 2
+                a0, a1, a2, a3 = _blocks(a, NQ2)
+            for r in range(R2):
+                if SK2 != 0:
+                    hx2 = h2x_ptr + r * T2X
+                    u0 = _band_blocks(tl.zeros((CH, HO), dtype=cdt), a0, a1, a2, a3, hx2, 0, SK2, WB, HO, A2X, T2X,
+                                      DOT)
+                    u1 = _band_blocks(tl.zeros((CH, HO), dtype=cdt), a0, a1, a2, a3, hx2, 1, SK2, WB, HO, A2X, T2X,
+                                      DOT)
+                    u = _join_halves(u0, u1)
+                else:
+                    gxt = tl.load(h2x_ptr + r * T2X + ix2, mask=ix2_ok, other=0.0)
+                    u = _data_filter(a, gxt, DOT)  # [CH, BOX]
+                gm = tl.load(h2y_ptr + r * T2Y + iym, mask=iym_ok, other=0.0)
+                nxt += _filter_data(gm, u, DOT)
+                if EH > 0:
+                    gt = tl.load(h2y_ptr + r * T2Y + iyt, mask=iyt_ok, other=0.0)
+                    if EH == CH:
+                        carry += _filter_data(gt, u, DOT)
+                    else:
+                        u_top, u_bot = _row_halves(u, EH)
+                        carry += _filter_data(gt, u_top, DOT)
+        # row block c − 1 is complete
+        py = (c - 1) * OBV + oy
+        row_ok = (py >= 0) & (py < out_h) & (oy < OBV)
+        tl.store(out_ptr + plane_out + tl.where(row_ok, py, 0)[:, None] * out_w + tl.where(col_ok, px[None, :], 0),
+                 carry.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok)
+        carry = nxt
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Host side: filter factors, geometry, tiling.
 
@@ -578,8 +810,89 @@ def _choose_tiles(ay, ax, r1, r2, out_h, out_w, max_dim, interpret, max_window=_
             cost = (-(-out_h // by)) * (-(-out_w // bx)) * (work + _WINDOW_COST * BTY * BTX + overhead)
             if best is None or cost < best[0]:
                 best = (cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2)
-    return best[1:]
+    return best
 
+
+# Streaming plans (``_flrelu_stream_kernel``): a chunk is up to 2048 upsampled-rate samples at 4 warps (170-212
+# registers, 2 blocks per SM, sm_90). The coded (backward) variants spilled at 4096-sample chunks on 16 warps
+# (72-608 bytes) and at 8192.
+_MAX_CHUNK = 2048
+# Stream only where the model saves more than 3 % (the tile kernel has the longer record).
+_STREAM_MARGIN = 0.97
+
+
+def _stream_chunk_macs(r1, r2, ob, BOX, CH, BTX, EH, BMY, BMX, ay, ax):
+    """Multiply-adds of one chunk of ``_flrelu_stream_kernel`` (padded dot shapes), stage 1's order and patch, and
+    the x pass's blocks: (macs, xf1, patch, (SK2, NQ2))."""
+    s1x = BMY * BMX * BTX + CH * BMY * BTX
+    s1y = CH * BMY * BMX + CH * BMX * BTX
+    s1 = r1 * min(s1x, s1y)
+    patch = None
+    pp = _patch_plan(r1, ay[0], ay[1], ax[0], ax[1], CH, BTX)
+    if pp is not None and pp[0] < s1:
+        s1, patch = pp[0], pp[1:]
+    xpass, sk = CH * BTX * BOX, (0, 2)
+    if BOX >= 32:
+        ho = BOX // 2
+        for nq in (2, 4) if r2 == 1 else (2,):
+            wb = BTX // nq
+            if wb < 16:
+                break
+            sk2 = _block_bits(ho, nq, wb, ax[2], ax[3])
+            n = bin(sk2).count("1")
+            if n < 2 * nq and n * CH * wb * ho < xpass:
+                xpass, sk = n * CH * wb * ho, (sk2, nq)
+    s2 = r2 * (xpass + ob * (CH + EH) * BOX)
+    return s1 + s2, s1x <= s1y, patch, sk
+
+
+def _block_bits(ho, nq, wb, a2x, t2x):
+    """SK2 bits: bit 4·j + q set where output half j (``ho`` outputs) reads window block q (``wb`` samples)."""
+    sk2 = 0
+    for j in range(2):
+        lo, hi = j * ho * a2x, (j * ho + ho - 1) * a2x + t2x - 1
+        for q in range(nq):
+            if q * wb <= hi and (q + 1) * wb - 1 >= lo:
+                sk2 |= 1 << (4 * j + q)
+    return sk2
+
+
+def _stream_chunks(n_blocks, ch, c2y, row_lo, row_hi):
+    """Chunks a strip computes: c in [0, n_blocks] whose rows [c·ch + c2y, + ch) meet [row_lo, row_hi)."""
+    return sum(1 for c in range(n_blocks + 1) if c * ch + c2y < row_hi and c * ch + c2y + ch > row_lo)
+
+
+@functools.lru_cache(maxsize=512)
+def _choose_stream(ay, ax, r1, r2, out_h, out_w, c2y, row_lo, row_hi, max_dim, max_chunk=_MAX_CHUNK):
+    """The cheapest streaming plan (cost, (ob, obv), bx, BOX, CH, BTX, EH, BMY, BMX, xf1, patch, sk2) by the cost
+    model of ``_choose_tiles`` (GPU), or None where the geometry does not fit one: output row blocks of OBV rows
+    (the dots' OB = max(16, OBV)) need chunks of CH = OBV·A2Y rows (a power of two, 16 or more) and reach at most
+    CH rows into the next chunk."""
+    a1y, t1y, a2y, t2y = ay
+    best = None
+    step_x = 4 // math.gcd(4, ax[2])
+    for ch in (16, 32, 64, 128):
+        if ch % a2y or ch > max_dim:
+            continue
+        obv = ch // a2y
+        ob = max(16, obv)
+        e = t2y - a2y
+        if e > ch or obv > 32:
+            continue
+        eh = 0 if e <= 0 else (ch // 2 if e <= ch // 2 and ch // 2 >= 16 else ch)
+        bmy = _pow2(-(-(ch + t1y - 1) // a1y))
+        n_blocks = -(-out_h // obv)
+        nch = _stream_chunks(n_blocks, ch, c2y, row_lo, row_hi)
+        top = min(-(-out_w // step_x) * step_x, 256)
+        for bx in range(step_x, top + 1, step_x):
+            BOX, BTX, BMX = _axis_blocks(bx, *ax)
+            if max(BTX, BMX, BOX) > max_dim or ch * BTX > max_chunk:
+                break
+            macs, xf1, patch, sk = _stream_chunk_macs(r1, r2, ob, BOX, ch, BTX, eh, bmy, BMX, ay, ax)
+            cost = (-(-out_w // bx)) * (nch * (macs + _WINDOW_COST * ch * BTX) + _GPU_PROGRAM_COST)
+            if best is None or cost < best[0]:
+                best = (cost, (ob, obv), bx, BOX, ch, BTX, eh, bmy, BMX, xf1, patch, sk)
+    return best
 
 class _Plan:
     """Everything both directions of the op need: sizes, per-axis stage parameters and filter factors."""
@@ -605,6 +918,11 @@ class _Plan:
         self.max_dim = max_dim or 128
         # Test hook: under the interpreter, tile exactly as on a GPU (window cap, small blocks, patch shapes).
         self.tile_interpret = _interpreting() and not gpu_tiles
+        # Test hook: gpu_tiles='tiles' keeps to _flrelu_kernel's tiles (no streaming plans), so both kernels' GPU
+        # plans can be checked whichever the cost model prefers at a test's size.
+        # gpu_tiles='stream': the streaming kernel wherever the geometry allows it, whatever the cost model says.
+        self.stream = gpu_tiles != "tiles"
+        self.force_stream = gpu_tiles == "stream"
         self.cdtype = cdtype
         # Tensor cores for the banded dots: fp16 inputs as fp16 operands with split (exact) filters; float32 and
         # bfloat16 with data and filters both split into two fp16 parts; float64 (gradcheck) on CUDA cores.
@@ -636,8 +954,18 @@ class _Plan:
         r1, r2 = p["h1y"].shape[0], p["h2y"].shape[0]
         ay = (p["a1"][0], p["t1"][0], p["a2"][0], p["t2"][0])
         ax = (p["a1"][1], p["t1"][1], p["a2"][1], p["t2"][1])
-        by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2 = _choose_tiles(
+        cost, by, bx, BOY, BOX, BTY, BTX, BMY, BMX, xf1, xf2, patch, sk2 = _choose_tiles(
             ay, ax, r1, r2, oh, ow, self.max_dim, self.tile_interpret, _MAX_WINDOW)
+        # Streaming for separable stages only: with R's rank > 1 terms the stream variants spilled 16-208 bytes at
+        # 4 warps with Triton 3.6 (255 registers) and more at 16 warps (128 registers), on 3.9 too.
+        if not self.tile_interpret and self.stream and (r1 * r2 == 1 or self.force_stream):
+            # Rows of the upsampled signal that reach the output (the codes' region bounds the backward's).
+            row_lo = max(0, p["c2"][0])
+            row_hi = min(self.code_h, (oh - 1) * p["a2"][0] + p["c2"][0] + p["t2"][0])
+            st = _choose_stream(ay, ax, r1, r2, oh, ow, p["c2"][0], row_lo, row_hi, self.max_dim)
+            if st is not None and (st[0] < _STREAM_MARGIN * cost or self.force_stream):
+                return self._launch_stream(inp, out, p, mode, bias, codes, ih, iw, oh, ow, r1, r2, st, row_lo,
+                                           row_hi)
         dummy = out
         grid = (self.n * self.c, -(-oh // by), -(-ow // bx))
         launch_kernel(_flrelu_kernel, grid,
@@ -657,6 +985,30 @@ class _Plan:
             HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
             DOT=self.dot, XF1=xf1, XF2=xf2,
             num_warps=4 if BTY * BTX <= _SMALL_WINDOW else 16,
+        )
+        return out
+
+    def _launch_stream(self, inp, out, p, mode, bias, codes, ih, iw, oh, ow, r1, r2, st, row_lo, row_hi):
+        _, (ob, obv), bx, BOX, CH, BTX, EH, BMY, BMX, xf1, patch, sk2 = st
+        dummy = out
+        grid = (self.n * self.c, -(-ow // bx))
+        launch_kernel(_flrelu_stream_kernel, grid,
+            inp, out, bias if bias is not None else dummy, codes if codes is not None else dummy,
+            p["h1y"], p["h1x"], p["h2y"], p["h2x"],
+            self.c, ih, iw, oh, ow,
+            self.code_h, self.code_w, self.code_stride,
+            p["c1"][0], p["c1"][1], p["c2"][0], p["c2"][1],
+            bx, -(-oh // obv), row_lo, row_hi,
+            self.gain, self.slope, float(self.clamp) if self.clamp is not None else 0.0,
+            A1Y=p["a1"][0], A1X=p["a1"][1], T1Y=p["t1"][0], T1X=p["t1"][1], R1=r1,
+            A2Y=p["a2"][0], A2X=p["a2"][1], T2Y=p["t2"][0], T2X=p["t2"][1], R2=r2,
+            OB=ob, OBV=obv, BOX=BOX, CH=CH, BTX=BTX, EH=EH, BMY=BMY, BMX=BMX,
+            PATCH1=patch is not None, PIY=patch[0] if patch else 16, PIX=patch[1] if patch else 16,
+            POY=patch[2] if patch else 16, POX=patch[3] if patch else 16,
+            SK2=sk2[0], NQ2=sk2[1],
+            HAS_BIAS=bias is not None, HAS_CLAMP=self.clamp is not None, MODE=mode, FLOOR_BIAS=_FLOOR_BIAS,
+            DOT=self.dot, XF1=xf1,
+            num_warps=4 if CH * BTX <= _SMALL_WINDOW else 16,
         )
         return out
 
@@ -712,7 +1064,9 @@ def filtered_lrelu_triton(x, fu, fd, b, up, down, padding, gain, slope, clamp, f
         gain, slope: floats (gain > 0); clamp: float or None.
         flip_filter: False = true convolution, True = correlation.
         _max_dim: test hook, the largest register block side (forces many small tiles).
-        _gpu_tiles: test hook, under the interpreter tile as on a GPU (the plans the GPU runs, checked on CPU).
+        _gpu_tiles: test hook, under the interpreter tile as on a GPU (the plans the GPU runs, checked on CPU);
+            ``'tiles'``: as on a GPU but never the streaming kernel; ``'stream'``: the streaming kernel wherever
+            the geometry allows it.
     Returns:
         [N, C, (H·up + y0 + y1 − fu_h − fd_h + 1 + down) // down, (same for W)] tensor, x's dtype,
         differentiable to any order w.r.t. x and b.
@@ -746,6 +1100,8 @@ def launch_cost(p: dict, programs: int) -> dict:
     unit, passes = {_DOT_IEEE: ("cuda_fp64" if f64 else "cuda_fp32", 1), _DOT_FP16: ("tc_fp16", 2),
                     _DOT_FP16X3: ("tc_fp16", 3)}[dot]
     r1, r2 = p["R1"], p["R2"]
+    if "CH" in p:  # _flrelu_stream_kernel: chunks per program x one chunk's dots
+        return _stream_launch_cost(p, programs, esz_in, esz_out, unit, passes)
     BOY, BOX, BTY, BTX, BMY, BMX = (p[k] for k in ("BOY", "BOX", "BTY", "BTX", "BMY", "BMX"))
     if "XF1" in p:
         s1x = BMY * BMX * BTX + BTY * BMY * BTX
@@ -784,3 +1140,29 @@ def floor_bytes(p: dict) -> int:
     if p["MODE"] != _MODE_ACT:
         n += out.shape[0] * out.shape[1] * p["code_h"] * -(-p["code_w"] // 4)
     return n
+
+
+def _stream_launch_cost(p, programs, esz_in, esz_out, unit, passes):
+    """``launch_cost`` of ``_flrelu_stream_kernel``: every program computes the same chunks (``_stream_chunks``)."""
+    r1, r2 = p["R1"], p["R2"]
+    OB, BOX, CH, BTX, EH, BMY, BMX = (p[k] for k in ("OB", "BOX", "CH", "BTX", "EH", "BMY", "BMX"))
+    if p["PATCH1"]:
+        PIY, PIX, POY, POX = (p[k] for k in ("PIY", "PIX", "POY", "POX"))
+        s1 = r1 * (CH // POY) * (BTX // POX) * PIY * POX * (PIX + POY)
+        in_tile = (CH // POY) * PIY * (BTX // POX) * PIX
+    else:
+        s1 = r1 * (BMY * BMX * BTX + CH * BMY * BTX if p["XF1"] else CH * BMY * BMX + CH * BMX * BTX)
+        in_tile = BMY * BMX
+    xpass = CH * BTX * BOX
+    if p["SK2"]:
+        xpass = bin(p["SK2"]).count("1") * CH * (BTX // p["NQ2"]) * (BOX // 2)
+    per_chunk = s1 + r2 * (xpass + OB * (CH + EH) * BOX)
+    nch = _stream_chunks(p["n_blocks_y"], CH, p["c2y"], p["row_lo"], p["row_hi"])
+    inp, out = p["in_ptr"], p["out_ptr"]
+    code_bytes = 0
+    if p["MODE"] != _MODE_ACT:
+        code_bytes = out.shape[0] * out.shape[1] * p["code_h"] * p["code_stride"]
+    dram = inp.numel() * esz_in + out.numel() * esz_out + code_bytes
+    tile = programs * nch * (in_tile * esz_in + (CH * BTX // 4 if p["MODE"] != _MODE_ACT else 0)) \
+        + out.numel() * esz_out
+    return {"macs": {unit: programs * nch * passes * per_chunk}, "dram_bytes": dram, "tile_bytes": tile}

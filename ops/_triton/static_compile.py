@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import io
 import os
 import re
 import subprocess
@@ -91,16 +93,30 @@ def compile_only(target: GPUTarget = H100):
     from triton.runtime.driver import driver
 
     launches: list[Launch] = []
+    # Triton prints ptxas's own -v log for every kernel it compiles when asked: keep the spills it reports, so
+    # that ``resources`` need not run ptxas a second time (the longest step of a compile).
+    log = io.StringIO()
 
     def record(kernel, grid, compiled, args, kwargs):
+        text = log.getvalue()
+        if text:
+            found = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+            if found:
+                _spills_from_log[compiled.hash] = sum(int(a) + int(b) for a, b in found)
+            log.seek(0)
+            log.truncate()
         launches.append(Launch(kernel.fn.__name__, kernel, grid, compiled, args, kwargs))
 
     previous = driver._active
+    dump = triton.knobs.nvidia.dump_ptxas_log
     driver.set_active(_TargetDriver(target))
     pkg._recorder = record
+    triton.knobs.nvidia.dump_ptxas_log = True
     try:
-        yield launches
+        with contextlib.redirect_stdout(log):
+            yield launches
     finally:
+        triton.knobs.nvidia.dump_ptxas_log = dump
         pkg._recorder = None
         driver._active = previous
 
@@ -136,6 +152,7 @@ def blocks_per_sm(regs: int, num_warps: int, shared: int) -> int:
 
 
 _cache: dict = {}
+_spills_from_log: dict = {}  # compiled.hash -> spill bytes from the ptxas log of Triton's own compile
 
 
 def _ptxas() -> str:
@@ -150,6 +167,17 @@ def _ptxas() -> str:
     return triton.knobs.nvidia.ptxas.path
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_ptxas_flags() -> tuple:
+    """The register-allocation flag Triton passes to ptxas where it does (3.9: ``--regAllocOptLevel=2``): without
+    it the spills of a variant can differ from those of the cubin Triton builds."""
+    import inspect
+
+    from triton.backends.nvidia import compiler as nv
+
+    return ("--regAllocOptLevel=2",) if "--regAllocOptLevel=2" in inspect.getsource(nv) else ()
+
+
 def _ptxas_spills(ptx: str, arch: int) -> int:
     """Spill store + load bytes per thread, from ``ptxas -v`` on the kernel's PTX (the cubin does not record them)."""
     with tempfile.TemporaryDirectory() as d:
@@ -157,7 +185,8 @@ def _ptxas_spills(ptx: str, arch: int) -> int:
         with open(src, "w") as f:
             f.write(ptx)
         suffix = "a" if arch >= 90 else ""
-        log = subprocess.run([_ptxas(), "-v", f"--gpu-name=sm_{arch}{suffix}", src, "-o", os.path.join(d, "k.o")],
+        log = subprocess.run([_ptxas(), "-v", *_triton_ptxas_flags(), f"--gpu-name=sm_{arch}{suffix}", src, "-o",
+                              os.path.join(d, "k.o")],
                              check=True, capture_output=True, text=True).stderr
     found = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     return sum(int(a) + int(b) for a, b in found)
@@ -176,7 +205,9 @@ def resources(compiled) -> Resources:
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
     regs, stack, _, _ = (int(v) for v in m.groups())
     ptx = compiled.asm["ptx"]
-    spills = _ptxas_spills(ptx, compiled.metadata.target.arch)
+    spills = _spills_from_log.get(key)
+    if spills is None:  # compiled before (Triton's cache): ask ptxas
+        spills = _ptxas_spills(ptx, compiled.metadata.target.arch)
     shared = int(compiled.metadata.shared)
     warps = int(compiled.metadata.num_warps)
     res = Resources(

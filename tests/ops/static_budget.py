@@ -1,7 +1,7 @@
 """Compile every Triton kernel variant StyleGAN3-T/-R use for an H100 (sm_90) without a GPU and check the budget.
 
-Run as ``python -m tests.ops.static_budget`` in a process without ``TRITON_INTERPRET`` (tests/ops/
-test_static_budget.py does); prints one JSON object. The variants are the launches the ops' own host code makes
+Run as ``python -m tests.ops.static_budget [SHARD/SHARDS]`` in a process without ``TRITON_INTERPRET`` (tests/ops/
+test_static_budget.py runs shards 0/2 and 1/2 side by side on one Triton cache); prints one JSON object. The variants are the launches the ops' own host code makes
 (ops/_triton/static_compile.py) for:
 
 - filtered_lrelu: every synthesis layer of T and R at 256², 512² and 1024², forward with codes, backward and the
@@ -33,15 +33,18 @@ def _bench_ops():
     return mod
 
 
-def _calls(bench):
+def _calls(bench, shard: int = 0, shards: int = 1):
+    """The launches to compile; with ``shards`` > 1, the part ``shard`` compiles (config R apart from T and the
+    other ops: they share few variants, so two processes on a shared cache compile little twice)."""
     import torch
 
+    cfgs = ("t", "r") if shards == 1 else (("t",), ("r",))[shard]
     for res in RESOLUTIONS:
-        for cfg in ("t", "r"):
+        for cfg in cfgs:
             for dtype in (None, torch.float32):
                 for name, dt, fn in bench.flrelu_calls(cfg, res, 32, second_order=True, dtype=dtype):
                     yield f"{cfg}{res} {name} {str(dt)[6:]}", fn
-        r = res
+        r = res if shards == 1 or shard == 0 else 0
         while r >= 8:
             for dtype in (torch.float16, torch.float32):
                 for name, dt, fn in bench.other_calls(r, 32, dtype=dtype, second_order=True):
@@ -58,14 +61,16 @@ def violations(rec, res) -> list[str]:
     if res.blocks_per_sm < 2 and res.warps_per_sm < 16:
         bad.append(f"{res.blocks_per_sm} block(s) of {res.num_warps} warps per SM ({res.regs} registers, "
                    f"{res.shared} B shared)")
-    if rec.name == "_flrelu_kernel" and rec.params["DOT"] != 0 and res.mma == 0:
+    if rec.name.startswith("_flrelu") and rec.params["DOT"] != 0 and res.mma == 0:
         bad.append("no tensor-core instructions")
     if rec.name in ("_upfirdn2d_kernel", "_bias_act_kernel") and res.div64:
         bad.append(f"{res.div64} 64-bit div/rem instructions")
     return bad
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    shard, shards = (int(v) for v in argv[0].split("/")) if argv else (0, 1)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("static_budget compiles for sm_90: run it without TRITON_INTERPRET")
     import ops._triton.static_compile as sc
@@ -74,7 +79,7 @@ def main() -> int:
     bench = _bench_ops()
     seen: dict = {}
     launches = 0
-    for label, fn in _calls(bench):
+    for label, fn in _calls(bench, shard, shards):
         with sc.compile_only() as recs:
             fn()
         for rec in recs:

@@ -92,16 +92,30 @@ def test_flip_filter_with_asymmetric_filters(worker, name):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", ["T-L3", "R-L2", "R-L0", "T-L0"])
 def test_gpu_tile_plans(worker, name):
-    """The tiles a GPU runs (the interpreter's own plan prefers few large tiles), at a size where they use every
-    formulation: stage-1 patches at up 2 and up 4 (32-sample patches), rank > 1 terms on patches, and stage 2's
-    skipped blocks in the y-first order (the x-first order runs in test_layer_fp32_fp16's T-L13 backward).
-    float16 forward only: at this size a few pre-activations sit within fp16 rounding of zero (|v| ~ 1e-5 of the
-    largest), where the stored sign may differ from float64's and the gradient legitimately jumps; the plans are
+    """The plans a GPU runs (the interpreter's own plan prefers few large tiles), at a size where they use every
+    formulation: the streaming kernel for separable stages (stage-1 patches at up 2 and up 4 with 32-sample
+    patches, chunks of 32 rows with 8- and 16-row output blocks, stage 2's skipped blocks), the tile kernel for R's
+    rank > 1 terms (on patches, with skipped blocks), and for T-L3 the tile kernel's plans of separable stages too
+    (``gpu_tiles='tiles'``). float32 with gradients; float16 forward only: at this size a few pre-activations sit
+    within fp16 rounding of zero (|v| ~ 1e-5 of the largest), where the stored sign may differ from float64's and the gradient legitimately jumps; the plans are
     the same for both dtypes, and the float16 backward's dots run in test_layer_fp32_fp16."""
     worker.run(f"check_layer({name!r}, 'float32', clamp=0.8, max_dim=None, grads=True, n=1, c=2, x_scale=2.0, "
                f"size=40, gpu_tiles=True)")
     worker.run(f"check_layer({name!r}, 'float16', clamp=256.0, max_dim=None, grads=False, n=1, c=2, x_scale=400.0, "
                f"size=40, gpu_tiles=True)")
+    if name == "T-L3":  # the tile kernel's GPU plans for separable stages (those stream at this size)
+        worker.run(f"check_layer({name!r}, 'float32', clamp=0.8, max_dim=None, grads=True, n=1, c=2, x_scale=2.0, "
+                   f"size=40, gpu_tiles='tiles')")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["ToRGB", "up1-down1", "up2-down1"])
+def test_streaming_geometries(worker, name):
+    """The streaming kernel (a column strip walked down in chunks) at geometries the T/R plans of
+    test_gpu_tile_plans do not reach: no stage-2 halo (ToRGB), chunks of 16 rows whose row block reaches a whole
+    chunk further (down 1); asymmetric filters, both flips, gradients."""
+    worker.run(f"check_layer({name!r}, 'float32', clamp=0.3, max_dim=None, grads=True, n=1, c=2, x_scale=2.0, "
+               f"random_filters=True, flips=(False, True), gpu_tiles='stream')")
 
 
 @pytest.mark.timeout(300)
