@@ -21,7 +21,7 @@ from ._common import adjoint_function, adjoint_padding, filter_size, output_size
 from ._cpu.upfirdn2d import upfirdn2d_cpu
 from ._dispatch import select_impl
 
-# adjoint_function and output_size are imported from here by ops/_triton/upfirdn2d.py
+# the shape arithmetic and the adjoint live in ops/_common.py, shared with ops/_cpu and ops/_triton (no import cycle)
 __all__ = ["upfirdn2d", "upfirdn2d_ref", "setup_filter", "filter2d", "upsample2d", "downsample2d", "parse_padding",
            "check_factor", "check_filter", "check_input", "check_gain", "check_output_size", "filter_size",
            "output_size", "adjoint_padding", "adjoint_function"]

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..upfirdn2d import adjoint_function, output_size
+from .._common import adjoint_function, output_size
 from . import INTERPRETED, launch
 
 # Outputs per program: under the interpreter every program costs ~0.1 ms per op, so few, large programs; on a GPU
