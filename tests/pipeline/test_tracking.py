@@ -179,7 +179,7 @@ def test_generate_from_registry_is_deterministic_and_video_decodes(tmp_path, mon
         outs.append(np.asarray(__import__("PIL.Image").Image.open(tmp_path / f"o{k}" / "seed0003.png")))
     assert outs[0].shape == (RES, RES, 3)
     np.testing.assert_array_equal(outs[0], outs[1])
-    from pipeline.generate import images_for_seeds
+    from pipeline.sampling import images_for_seeds
 
     np.testing.assert_array_equal(images_for_seeds(G, [3])[0].permute(1, 2, 0).numpy(), outs[0])
 
@@ -254,7 +254,7 @@ def test_serve_endpoint(tmp_path, monkeypatch, tiny_G):
         assert status == 200, body
         pred = json.loads(body)["predictions"][0]
         from pipeline.pyfunc import decode_png
-        from pipeline.generate import images_for_seeds
+        from pipeline.sampling import images_for_seeds
 
         np.testing.assert_array_equal(decode_png(pred["png"]), images_for_seeds(G, [5])[0].permute(1, 2, 0).numpy())
         status, body = post(json.dumps({"dataframe_records": [{"not_a_seed": 1}]}).encode())
