@@ -1,6 +1,6 @@
 """Where MLflow keeps runs and registered models: the tracking URI every part of the pipeline uses.
 
-A module of its own (no MLflow import) so that model-source resolution, tracking and the commands share it
+A module of its own (MLflow is imported only inside read_client) so that model-source resolution, tracking and the commands share it
 without importing each other."""
 
 from __future__ import annotations
@@ -26,3 +26,14 @@ def missing_store(uri: str) -> str | None:
                 f"{'set to it' if os.environ.get('MLFLOW_TRACKING_URI') else 'unset, so ./mlflow.db is used'}): "
                 "run this where you trained, or set MLFLOW_TRACKING_URI to the store that holds the model")
     return None
+
+
+def read_client():
+    """(MlflowClient, tracking URI), or (None, URI) when the URI names a sqlite file that does not exist: a
+    read-only command must not create one."""
+    uri = tracking_uri()
+    if missing_store(uri):
+        return None, uri
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri

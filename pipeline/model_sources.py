@@ -85,3 +85,20 @@ def load_generator(src: str, device: str = "cpu"):
     if G is None:
         raise SourceError(f"{src} holds no generator")
     return G.eval().requires_grad_(False).to(device)
+
+
+def registered_name(source: str) -> tuple[str, str, str] | None:
+    """(name, alias, version) of NAME, NAME@ALIAS, models:/NAME@ALIAS or models:/NAME/VERSION; None for a
+    source that is not a registered model (a checkpoint directory, a network file, an official .pkl)."""
+    if source.startswith("models:/"):
+        rest = normalise_model_uri(source)[len("models:/"):]
+        name, _, version = rest.partition("/")
+        name, _, alias = name.partition("@")
+        if version.lower() == "latest":
+            return name, "latest", ""
+        return name, alias, version
+    looks_like_path = "/" in source or source.endswith((".safetensors", ".pkl")) or Path(source).exists()
+    if looks_like_path:
+        return None
+    name, _, alias = source.partition("@")
+    return name, alias, ""

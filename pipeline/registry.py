@@ -17,26 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline import storage
-from pipeline.mlflow_store import missing_store, tracking_uri
-from pipeline.model_sources import SourceError, fetch_network, normalise_model_uri
-
-
-def _client():
-    """(MlflowClient, tracking URI), or (None, URI) when the URI names a sqlite file that does not exist: a
-    read-only command must not create one."""
-    uri = tracking_uri()
-    if missing_store(uri):
-        return None, uri
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+from pipeline.mlflow_store import missing_store, read_client
+from pipeline.model_sources import SourceError, fetch_network, registered_name
 
 
 def cmd_list(args) -> int:
-    client, uri = _client()
+    client, uri = read_client()
     if client is None:
         print(f"no registered models: {missing_store(uri)}")
         return 0
@@ -50,23 +38,6 @@ def cmd_list(args) -> int:
         aliases = ", ".join(f"{a}→v{v}" for a, v in sorted((m.aliases or {}).items()))
         print(f"{m.name:40s} {len(versions):8d}  {aliases or '-'}")
     return 0
-
-
-def _registered_name(source: str) -> tuple[str, str, str] | None:
-    """(name, alias, version) of NAME, NAME@ALIAS, models:/NAME@ALIAS or models:/NAME/VERSION; None for a
-    source that is not a registered model (a checkpoint directory, a network file, an official .pkl)."""
-    if source.startswith("models:/"):
-        rest = normalise_model_uri(source)[len("models:/"):]
-        name, _, version = rest.partition("/")
-        name, _, alias = name.partition("@")
-        if version.lower() == "latest":
-            return name, "latest", ""
-        return name, alias, version
-    looks_like_path = "/" in source or source.endswith((".safetensors", ".pkl")) or Path(source).exists()
-    if looks_like_path:
-        return None
-    name, _, alias = source.partition("@")
-    return name, alias, ""
 
 
 def show_network(src: str) -> int:
@@ -92,11 +63,11 @@ def show_network(src: str) -> int:
 
 
 def cmd_show(args) -> int:
-    parsed = _registered_name(args.name)
+    parsed = registered_name(args.name)
     if parsed is None:
         return show_network(args.name)
     name, alias, version = parsed
-    client, uri = _client()
+    client, uri = read_client()
     if client is None:
         print(f"error: {args.name}: {missing_store(uri)}", file=sys.stderr)
         return 2
@@ -135,7 +106,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    client, uri = _client()
+    client, uri = read_client()
     if client is None:
         print(f"error: {missing_store(uri)}", file=sys.stderr)
         return 2
