@@ -83,3 +83,13 @@ def adjoint_function(forward_value, name: str) -> type:
     function = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
                                                         "backward": staticmethod(backward)})
     return function
+
+
+def check_conv_args(op: str, x, weight, kernel: str = "kh, kw") -> None:
+    """ValueError naming `op` unless x is [N, I, H, W] and weight [O, I, kh, kw] (the two convolution ops)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"{op}: x must be a 4-D tensor [N, I, H, W], got "
+                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight must be [O, {x.shape[1]}, {kernel}] for x of shape {list(x.shape)}, got "
+                         f"{list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")

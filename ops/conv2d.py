@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._cpu.conv import conv2d_cpu
+from ._common import check_conv_args
 from ._dispatch import select_impl
 
 
@@ -36,12 +37,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int = 0, gain: float 
         Winograd), differentiable to any order.
     """
     op = "conv2d"
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{op}: x must be a 4-D tensor [N, I, H, W], got "
-                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: weight must be [O, {x.shape[1]}, kh, kw] for x of shape {list(x.shape)}, got "
-                         f"{list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    check_conv_args(op, x, weight)
     if select_impl(impl, x, op, has_kernel=False) == "cpu":
         return conv2d_cpu(x, weight, int(padding), float(gain))
     return conv2d_ref(x, weight, int(padding), float(gain))

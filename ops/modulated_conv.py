@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ._cpu.conv import modulated_conv2d_cpu
+from ._common import check_conv_args
 from ._dispatch import select_impl
 
 
@@ -56,12 +57,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         ``[N, O, H + 2p - k + 1, W + 2p - k + 1]`` in x's dtype, differentiable to any order.
     """
     op = "modulated_conv2d"
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{op}: x must be a 4-D tensor [N, I, H, W], got "
-                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: weight must be [O, {x.shape[1]}, k, k] for x of shape {list(x.shape)}, got "
-                         f"{list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    check_conv_args(op, x, weight, "k, k")
     if not isinstance(styles, torch.Tensor) or tuple(styles.shape) != (x.shape[0], x.shape[1]):
         raise ValueError(f"{op}: styles must be [N, I] = [{x.shape[0]}, {x.shape[1]}], got "
                          f"{list(styles.shape) if isinstance(styles, torch.Tensor) else type(styles).__name__}")

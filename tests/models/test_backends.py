@@ -9,19 +9,7 @@ import torch
 
 import models
 import ops._cpu.winograd as winograd
-
-
-def _graph_nodes(t: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind ``t``."""
-    seen, names, stack = set(), set(), [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return names
+from tests.ops.ops_definition import graph_nodes
 
 
 @pytest.fixture
@@ -42,7 +30,7 @@ def test_generator_cpu_path_same_as_reference(winograd_everywhere):
         G, _ = models.build("stylegan3-t", 16, channel_base=1024, channel_max=32, z_dim=16, w_dim=16, impl=impl)
         assert {m.impl for m in G.modules() if hasattr(m, "impl")} == {impl}
         img = G(z, None)
-        nodes = _graph_nodes(img)
+        nodes = graph_nodes(img)
         img.square().mean().backward()
         return img.detach(), {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}, nodes
 
@@ -70,7 +58,7 @@ def test_discriminator_and_r1_cpu_path_same_as_reference(winograd_everywhere):
         _, D = models.build("stylegan3-t", 16, channel_base=512, channel_max=32, impl=impl)
         x = img.clone().requires_grad_(True)
         logits = D(x, None)
-        nodes = _graph_nodes(logits)
+        nodes = graph_nodes(logits)
         (rgrad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         (logits.sum() + rgrad.square().sum()).backward()
         return logits.detach(), rgrad.detach(), {k: p.grad.clone() for k, p in D.named_parameters()}, nodes
@@ -90,7 +78,7 @@ def test_auto_is_the_cpu_path_on_cpu_and_bad_impl_is_named(monkeypatch):
     monkeypatch.delenv("STYLEGAN3_OPS_IMPL", raising=False)
     torch.manual_seed(0)
     G, D = models.build("stylegan3-t", 16, channel_base=1024, channel_max=32, z_dim=16, w_dim=16)
-    assert "_CorrelateBackward" in _graph_nodes(G(torch.randn(2, 16), None))
-    assert "Upfirdn2dCpuBackward" in _graph_nodes(D(torch.randn(2, 3, 16, 16, requires_grad=True), None))
+    assert "_CorrelateBackward" in graph_nodes(G(torch.randn(2, 16), None))
+    assert "Upfirdn2dCpuBackward" in graph_nodes(D(torch.randn(2, 3, 16, 16, requires_grad=True), None))
     with pytest.raises(ValueError, match="Generator: impl must be one of"):
         models.build("stylegan3-t", 16, channel_base=1024, channel_max=32, impl="cuda")

@@ -2,7 +2,7 @@
 
 Deliberately naive and independent of ops/: explicit zero insertion, explicit pad/crop by index arithmetic, the
 FIR as a sum of shifted slices (no conv2d), decimation by slicing. Also the StyleGAN3 layer configurations the
-tests run at reduced size.
+tests run at reduced size, and `graph_nodes` (which autograd Functions, i.e. which backend, produced a tensor).
 """
 
 from __future__ import annotations
@@ -97,3 +97,16 @@ def layer_filters(up: int, down: int, fu_taps: int, fd_taps: int, fd_radial: boo
     else:
         fd = lowpass_taps(fd_taps, 1.0, 2.0 * down)
     return fu, fd
+
+
+def graph_nodes(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``t`` (which backend's Functions ran)."""
+    seen, names, stack = set(), set(), [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names

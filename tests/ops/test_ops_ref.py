@@ -15,23 +15,10 @@ import torch.nn.functional as F
 import ops
 from ops.bias_act import ACTIVATIONS
 from ops.filtered_lrelu import output_shape
-from tests.ops.ops_definition import SG3_LAYERS, filtered_lrelu_def, layer_filters, upfirdn2d_def
+from tests.ops.ops_definition import SG3_LAYERS, filtered_lrelu_def, graph_nodes, layer_filters, upfirdn2d_def
 
 # The two PyTorch backends: every definition test runs on both.
 TORCH_IMPLS = ["ref", "cpu"]
-
-
-def _graph_nodes(t: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind ``t`` (which backend's Functions ran)."""
-    seen, names, stack = set(), set(), [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return names
 
 
 def _random_case(up, down, kind, seed):
@@ -279,12 +266,12 @@ def test_dispatch(monkeypatch):
     monkeypatch.delenv("STYLEGAN3_OPS_IMPL", raising=False)
     # 'auto' on a CPU tensor is the CPU path; 'ref' and 'cpu' are taken as asked
     xg = x.clone().requires_grad_(True)
-    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2))
-    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))
-    assert "Upfirdn2dRefBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="ref"))
+    assert "Upfirdn2dCpuBackward" in graph_nodes(ops.upfirdn2d(xg, None, up=2))
+    assert "Upfirdn2dCpuBackward" in graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))
+    assert "Upfirdn2dRefBackward" in graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="ref"))
     fu = torch.ones(4) / 4
-    assert "_CorrelateBackward" in _graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3))
-    assert "_CorrelateBackward" not in _graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3,
+    assert "_CorrelateBackward" in graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3))
+    assert "_CorrelateBackward" not in graph_nodes(ops.filtered_lrelu(xg, fu, fu, up=2, down=2, padding=3,
                                                                        impl="ref"))
     for call in (lambda: ops.bias_act(x, impl="triton"), lambda: ops.upfirdn2d(x, None, impl="triton"),
                  lambda: ops.filtered_lrelu(x, impl="triton")):
@@ -299,8 +286,8 @@ def test_dispatch(monkeypatch):
         ops.bias_act(x)
     monkeypatch.setenv("STYLEGAN3_OPS_IMPL", "ref")
     torch.testing.assert_close(ops.bias_act(x, act="relu", gain=1), F.relu(x))
-    assert "Upfirdn2dRefBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2))     # the variable steers 'auto'
-    assert "Upfirdn2dCpuBackward" in _graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))  # not an explicit impl
+    assert "Upfirdn2dRefBackward" in graph_nodes(ops.upfirdn2d(xg, None, up=2))     # the variable steers 'auto'
+    assert "Upfirdn2dCpuBackward" in graph_nodes(ops.upfirdn2d(xg, None, up=2, impl="cpu"))  # not an explicit impl
     # the convolutions have no Triton kernel: 'triton' is their GPU path (the reference), with no interpreter check
     monkeypatch.setenv("STYLEGAN3_OPS_IMPL", "triton")
     w = torch.randn(3, 2, 3, 3)
@@ -383,7 +370,7 @@ def test_filtered_lrelu_phase_domain_gradients_and_path_choice():
     assert phase_domain_applies(x, fu, fd, 4, 2, 1.0, 0.2)
     assert not phase_domain_applies(x.to("meta"), fu, fd, 4, 2, 1.0, 0.2)          # not a CPU tensor
     y, y_ref = fn(x, b), fn(x, b, "ref")
-    assert "_CorrelateBackward" in _graph_nodes(y) and "_CorrelateBackward" not in _graph_nodes(y_ref)
+    assert "_CorrelateBackward" in graph_nodes(y) and "_CorrelateBackward" not in graph_nodes(y_ref)
     torch.testing.assert_close(y_ref, y, rtol=1e-12, atol=1e-12)
 
 
@@ -483,7 +470,7 @@ def test_conv2d_equals_scaled_weight_convolution(impl, monkeypatch):
         w = torch.randn(4, 3, k, k, generator=gen, dtype=torch.float64, requires_grad=True)
         got, want = ops.conv2d(x, w, pad, gain=0.37, impl=impl), F.conv2d(x, w * 0.37, padding=pad)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-        assert ("_Conv3x3WinogradBackward" in _graph_nodes(got)) == (impl == "cpu" and k == 3)
+        assert ("_Conv3x3WinogradBackward" in graph_nodes(got)) == (impl == "cpu" and k == 3)
     assert torch.autograd.gradgradcheck(lambda x_, w_: ops.conv2d(x_, w_, 1, gain=1.7, impl=impl),
                                         (x[:1, :, :4, :4].detach().requires_grad_(True),
                                          w[:2].detach().requires_grad_(True)))
