@@ -329,26 +329,29 @@ def ops_table(a, device, report: Report, budget: Budget) -> dict:
                     continue
                 fn, x, b = cases[op]
                 entry = {"cfg": cfg, "layer": row[0], "op": op, "dtype": str(dtype).replace("torch.", "")}
+                # The baseline: the plain definitions on the GPU; on CPU (--dry) the CPU path, which equals them
+                # within 3e-7 (the definitions' float16 depthwise convolutions take minutes on a CPU).
+                base = "ref" if device.type == "cuda" else "cpu"
                 try:
                     with torch.no_grad():
-                        y_ref = fn("ref", x, b).float()
+                        y_ref = fn(base, x, b).float()
                         y_tri = fn("triton", x, b).float()
                     entry["max_abs_diff"] = float((y_tri - y_ref).abs().max())
                     entry["max_abs_ref"] = float(y_ref.abs().max())
                     del y_ref, y_tri
                 except Exception as e:  # noqa: BLE001
                     entry["diff_error"] = _error(e)
-                for impl in ("ref", "triton"):
+                for key, impl in (("ref", base), ("triton", "triton")):
                     try:
                         fwd, both, fwd_b, both_b = bo.bench_one(fn, x, b, impl, device, a.warmup, a.iters)
-                        entry[impl] = {"fwd_ms": fwd, "fwd_bwd_ms": both}
+                        entry[key] = {"fwd_ms": fwd, "fwd_bwd_ms": both}
                         if impl == "triton":
                             for name, ms, nbytes in (("fwd", fwd, fwd_b), ("fwd_bwd", both, both_b)):
                                 gbs = nbytes / (ms * 1e-3) / 1e9
                                 entry[f"{name}_gb_s"] = gbs
                                 entry[f"{name}_of_copy"] = gbs / bw
                     except Exception as e:  # noqa: BLE001
-                        entry[impl] = {"error": _error(e)}
+                        entry[key] = {"error": _error(e)}
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 rows.append(entry)

@@ -46,15 +46,16 @@ SCENARIO = textwrap.dedent(
 
     # Head: no CPU, so no Train worker or data task lands there. Workers: 2 CPUs each; a Train worker takes
     # 1.5, so each node holds exactly one and keeps 0.5 for Ray Data (starvation hangs: docs/platform.md "CPU starvation").
+    # Ray Train's controller polls the nodes' drain state every 5 s by default; 1 s keeps the test short. Set before
+    # the nodes start: the controller is an actor and inherits its node's environment, not the driver's.
+    os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "1"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         for _ in range(3):
             cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
-        # Ray Train polls the nodes' drain state every 5 s by default; 1 s keeps the test short.
-        env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
-               "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1"}
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"}
         with open("train.out", "w") as out, open("train.err", "w") as err:
             train = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.train", "--data", data, "--cbase", "256", "--cmax", "16",
@@ -75,7 +76,7 @@ SCENARIO = textwrap.dedent(
             if drained is not None:
                 subprocess.run(["ray", "drain-node", "--address", cluster.address, "--node-id", drained,
                                 "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
-                                "--deadline-remaining-seconds", "5"], check=True, capture_output=True)
+                                "--deadline-remaining-seconds", "10"], check=True, capture_output=True)
             train.wait(timeout=400)
         workers = train_workers()
         print("RESULT " + json.dumps({
